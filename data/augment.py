@@ -1,0 +1,226 @@
+"""Multi-crop and SimCLR colour distortion as batched tensor ops on the training device.
+
+Every crop of every image gets its own draw of every random parameter. Images are float in [0, 1],
+shape (n, C, H, W); normalisation comes last. Each op is a pure function of explicit parameters
+(`adjust_*`), and `Augment.sample` draws those parameters, so both can be tested on their own.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL and torchvision
+
+
+def uniform(lo, hi, n, gen):
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=gen.device)
+
+
+def bernoulli(p, n, gen):
+    return torch.rand(n, generator=gen, device=gen.device) < p
+
+
+def sample_boxes(n, height, width, scale, ratio, gen, tries=10):
+    """RandomResizedCrop boxes (x0, y0, w, h) in pixels, (n, 4): area fraction ~ U(scale), log aspect ~ U(log ratio).
+
+    As torchvision: the first of `tries` draws that fits the image, else the centre crop of clamped aspect.
+    """
+    area = height * width
+    target = area * uniform(scale[0], scale[1], (n, tries), gen)
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), (n, tries), gen))
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w <= width) & (h <= height) & (w > 0) & (h > 0)
+    first = ok.float().argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    found = ok.any(dim=1)
+    # fallback: the whole image, cropped to the nearest allowed aspect ratio
+    in_ratio = width / height
+    fw, fh = width, height
+    if in_ratio < ratio[0]:
+        fh = round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw = round(height * ratio[1])
+    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, torch.full_like(h, fh))
+    x0 = torch.floor(torch.rand(n, generator=gen, device=gen.device) * (width - w + 1))
+    y0 = torch.floor(torch.rand(n, generator=gen, device=gen.device) * (height - h + 1))
+    x0 = torch.where(found, x0, torch.floor((width - w) / 2))
+    y0 = torch.where(found, y0, torch.floor((height - h) / 2))
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def crop_resize(x, boxes, size, flip):
+    """Crop each image to its box and resize to size x size (bilinear), mirrored where `flip`."""
+    n, _, height, width = x.shape
+    x0, y0, w, h = boxes.to(x.dtype).unbind(1)
+    sx = w / width * torch.where(flip, -1.0, 1.0).to(x.dtype)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, 2 * (x0 + w / 2) / width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h / height, 2 * (y0 + h / 2) / height - 1
+    grid = F.affine_grid(theta, (n, x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def grayscale(x):
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor(GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def _per_image(f, x):
+    return f.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+def adjust_brightness(x, f):
+    return (x * _per_image(f, x)).clamp(0, 1)
+
+
+def adjust_contrast(x, f):
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    f = _per_image(f, x)
+    return (f * x + (1 - f) * mean).clamp(0, 1)
+
+
+def adjust_saturation(x, f):
+    f = _per_image(f, x)
+    return (f * x + (1 - f) * grayscale(x)).clamp(0, 1)
+
+
+def adjust_hue(x, shift):
+    """Rotate the hue by `shift` (fraction of the colour circle) in HSV space."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, ((g - b) / safe) % 6,
+                    torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    h = torch.where(delta > 0, h, torch.zeros_like(h))
+    h = (h + _per_image(shift, h)) % 1.0
+    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    v = maxc
+    # HSV -> RGB: each channel k is v - v*s*clamp(min(q, 4 - q), 0, 1), q = (k + 6h) mod 6
+    k = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    q = (k + 6 * h[:, None]) % 6
+    return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(q, 4 - q), 0, 1)
+
+
+def gaussian_blur(x, sigma, kernel_size):
+    """Separable Gaussian blur with a sigma per image, reflect padding."""
+    n, c, height, width = x.shape
+    radius = kernel_size // 2
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t[None] ** 2 / (2 * sigma.to(x.dtype)[:, None] ** 2))
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n*c, kernel_size)
+    y = F.pad(x.reshape(1, n * c, height, width), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    return y.reshape(n, c, height, width)
+
+
+def solarize(x, threshold=0.5):
+    return torch.where(x >= threshold, 1 - x, x)
+
+
+def normalize(x, mean, std):
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+class Augment:
+    """Multi-crop + colour distortion. `__call__(x)` returns one normalized float tensor per crop.
+
+    x is either a uint8 batch (n, C, H, W) of whole images, cropped here, or a list of uint8 crops
+    (one tensor per crop) that workers already cropped, for folder datasets.
+    """
+
+    def __init__(self, num_crops, size_crops, min_scale_crops, max_scale_crops, mean, std, channels,
+                 jitter_strength=1.0, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0,
+                 flip_prob=0.5, colour=True, generator=None):
+        self.crops = [(size, (lo, hi)) for n, size, lo, hi in
+                      zip(num_crops, size_crops, min_scale_crops, max_scale_crops) for _ in range(n)]
+        self.mean, self.std, self.channels = mean, std, channels
+        s = jitter_strength
+        # (lo, hi) of brightness, contrast, saturation factors and the hue shift
+        self.jitter = [(max(0.0, 1 - 0.8 * s), 1 + 0.8 * s)] * 3 + [(-0.2 * s, 0.2 * s)]
+        self.num_jitter_ops = 4 if channels == 3 else 2  # one channel: brightness and contrast only
+        self.jitter_prob, self.grayscale_prob = jitter_prob, grayscale_prob
+        self.blur_prob, self.solarize_prob, self.flip_prob = blur_prob, solarize_prob, flip_prob
+        self.colour = colour
+        self.gen = generator if generator is not None else torch.Generator()
+
+    def sample(self, n, side):
+        """Every random parameter for one crop of n images of the given side."""
+        g = self.gen
+        p = dict(flip=bernoulli(self.flip_prob, n, g))
+        if not self.colour:
+            return p
+        p["jitter"] = bernoulli(self.jitter_prob, n, g)
+        p["factors"] = [uniform(lo, hi, n, g) for lo, hi in self.jitter[:self.num_jitter_ops]]
+        p["order"] = torch.argsort(torch.rand(n, self.num_jitter_ops, generator=g, device=g.device), dim=1)
+        p["grayscale"] = bernoulli(self.grayscale_prob, n, g)
+        p["blur"] = bernoulli(self.blur_prob, n, g)
+        p["sigma"] = uniform(0.1, 2.0, n, g)
+        p["kernel_size"] = max(3, int(0.1 * side) // 2 * 2 + 1)  # 10% of the side, odd
+        p["solarize"] = bernoulli(self.solarize_prob, n, g)
+        return p
+
+    def colour_distort(self, x, p):
+        ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+        for stage in range(self.num_jitter_ops):
+            for j in range(self.num_jitter_ops):
+                m = p["jitter"] & (p["order"][:, stage] == j)
+                if m.any():
+                    x[m] = ops[j](x[m], p["factors"][j][m])
+        m = p["grayscale"]
+        if m.any() and x.shape[1] == 3:
+            x[m] = grayscale(x[m]).expand(-1, 3, -1, -1)
+        m = p["blur"]
+        if m.any():
+            x[m] = gaussian_blur(x[m], p["sigma"][m], p["kernel_size"])
+        m = p["solarize"]
+        if m.any():
+            x[m] = solarize(x[m])
+        return x
+
+    def __call__(self, x):
+        out = []
+        for c, (size, scale) in enumerate(self.crops):
+            if isinstance(x, (list, tuple)):  # pre-cropped by workers: flip here
+                crop = x[c].float() / 255
+                side = crop.shape[-1]
+                p = self.sample(len(crop), side)
+                crop = torch.where(p["flip"].view(-1, 1, 1, 1), crop.flip(-1), crop)
+            else:
+                images = x.float() / 255
+                side = images.shape[-1] if size < 0 else size
+                p = self.sample(len(images), side)
+                boxes = sample_boxes(len(images), images.shape[2], images.shape[3], scale, (3 / 4, 4 / 3), self.gen)
+                crop = crop_resize(images, boxes, side, p["flip"])
+            if self.colour:
+                crop = self.colour_distort(crop, p)
+            out.append(normalize(crop, self.mean, self.std))
+        return out
+
+
+def eval_view(x, mean, std):
+    """The un-augmented view used for features: uint8 images -> normalized float."""
+    return normalize(x.float() / 255, mean, std)
+
+
+def from_args(args, data, generator, colour=True):
+    """The Augment of the multi-crop and colour flags, with the dataset's recipe where a flag is left unset."""
+    lists = [args.num_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops]
+    if len({len(l) for l in lists}) != 1:
+        raise ValueError("num_crops, size_crops, min_scale_crops and max_scale_crops need one value per crop size")
+    default_side = data.image_size
+    small = default_side <= 32
+    s = args.color_jitter_strength if args.color_jitter_strength is not None else (0.5 if small else 1.0)
+    blur = args.blur_prob if args.blur_prob is not None else (0.0 if small else 0.5)
+    sizes = [default_side if size < 0 else size for size in args.size_crops]
+    return Augment(args.num_crops, sizes, args.min_scale_crops, args.max_scale_crops, data.mean, data.std,
+                   data.channels, jitter_strength=s, jitter_prob=args.jitter_prob, grayscale_prob=args.grayscale_prob,
+                   blur_prob=blur, solarize_prob=args.solarize_prob, colour=colour, generator=generator)

@@ -1,0 +1,188 @@
+"""Datasets in their usual on-disk formats.
+
+Small datasets (Fashion-MNIST, CIFAR, STL-10) load whole into one uint8 tensor, `ArrayData`, that the
+training device crops and augments itself. Folder datasets (ImageNet, any ImageFolder) are
+`FolderData`: worker processes decode and crop to uint8, the device does the rest.
+Every sample is addressed by its dataset index, which NPID and DeepCluster-v2 rely on.
+"""
+import gzip
+import os
+import pickle
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.config import UserError
+
+FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
+STATS = {  # per-channel mean and std of the training images, in [0, 1]
+    "fmnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+STATS["folder"] = STATS["imagenet"]
+
+
+class ArrayData:
+    """Images as one uint8 tensor (N, C, H, W), labels (N,) with -1 for unlabeled images."""
+
+    def __init__(self, name, images, labels, num_classes):
+        self.name, self.images, self.labels, self.num_classes = name, images, labels, num_classes
+        self.channels, self.image_size = images.shape[1], images.shape[2]
+        self.mean, self.std = STATS[name]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, indices):
+        return ArrayData(self.name, self.images[indices], self.labels[indices], self.num_classes)
+
+    def to(self, device):
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
+
+class FolderData:
+    """An ImageFolder: `root/<class>/<image>`. Images are decoded in worker processes."""
+
+    def __init__(self, name, root, image_size=224):
+        classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        if not classes:
+            raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+        samples = []
+        for label, cls in enumerate(classes):
+            for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
+                samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
+                            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"))]
+        if not samples:
+            raise UserError(f"no image files under {root}")
+        self.name, self.root, self.classes = name, root, classes
+        self.paths = [p for p, _ in samples]
+        self.labels = torch.tensor([l for _, l in samples])
+        self.num_classes, self.channels, self.image_size = len(classes), 3, image_size
+        self.mean, self.std = STATS[name]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, indices):
+        out = object.__new__(FolderData)
+        out.__dict__.update(self.__dict__)
+        out.paths = [self.paths[i] for i in indices.tolist()]
+        out.labels = self.labels[indices]
+        return out
+
+    def to(self, device):
+        return self
+
+    def load(self, i):
+        with Image.open(self.paths[i]) as img:
+            return img.convert("RGB")
+
+
+def _first_existing(dirs, files):
+    for d in dirs:
+        if d and all(os.path.exists(os.path.join(d, f)) for f in files):
+            return d
+    return None
+
+
+def _read_idx(path):
+    with (gzip.open(path) if path.endswith(".gz") else open(path, "rb")) as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+
+
+def load_fmnist(root, train):
+    prefix = "train" if train else "t10k"
+    dirs = [root, root and os.path.join(root, "FashionMNIST", "raw"), FMNIST_DEBIAN]
+    for ext in (".gz", ""):
+        names = [f"{prefix}-images-idx3-ubyte{ext}", f"{prefix}-labels-idx1-ubyte{ext}"]
+        found = _first_existing(dirs, names)
+        if found:
+            images = _read_idx(os.path.join(found, names[0]))
+            labels = _read_idx(os.path.join(found, names[1])).long()
+            return ArrayData("fmnist", images[:, None], labels, 10)
+    if root:  # last resort where there is internet: torchvision's download into --data_root
+        try:
+            import torchvision
+            torchvision.datasets.FashionMNIST(root, train=train, download=True)
+            return load_fmnist(os.path.join(root, "FashionMNIST", "raw"), train)
+        except Exception:
+            pass
+    where = ", ".join(d for d in dirs if d)
+    raise UserError(f"Fashion-MNIST not found (looked in {where}): `apt-get install dataset-fashion-mnist`, "
+                    f"or put {prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz in --data_root")
+
+
+def load_cifar(name, root, train):
+    folder, files, key = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"], b"labels"),
+        "cifar100": ("cifar-100-python", ["train"] if train else ["test"], b"fine_labels"),
+    }[name]
+    found = _first_existing([root and os.path.join(root, folder), root], files)
+    if found is None:
+        raise UserError(f"{name} not found: put torchvision's `{folder}/` ({', '.join(files)}) under --data_root "
+                        f"(now {root})")
+    images, labels = [], []
+    for f in files:
+        with open(os.path.join(found, f), "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+        labels += list(batch[key])
+    return ArrayData(name, torch.from_numpy(np.concatenate(images)), torch.tensor(labels), 10 if name == "cifar10" else 100)
+
+
+def load_stl10(root, split):
+    parts = {"pretrain": ["train", "unlabeled"], "train": ["train"], "test": ["test"]}[split]
+    files = [f"{p}_X.bin" for p in parts] + [f"{p}_y.bin" for p in parts if p != "unlabeled"]
+    found = _first_existing([root and os.path.join(root, "stl10_binary"), root], files)
+    if found is None:
+        raise UserError(f"stl10 not found: put `stl10_binary/` ({', '.join(files)}) under --data_root (now {root})")
+    images, labels = [], []
+    for p in parts:
+        x = np.fromfile(os.path.join(found, f"{p}_X.bin"), np.uint8).reshape(-1, 3, 96, 96)
+        images.append(x.transpose(0, 1, 3, 2))  # stored column-major
+        labels.append(np.fromfile(os.path.join(found, f"{p}_y.bin"), np.uint8).astype(np.int64) - 1
+                      if p != "unlabeled" else np.full(len(x), -1, np.int64))
+    return ArrayData("stl10", torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
+                     torch.from_numpy(np.concatenate(labels)), 10)
+
+
+def load_folder(name, root, train):
+    if name == "imagenet":
+        root = root or os.environ.get("IMAGENET_PATH")
+        if not root:
+            raise UserError("imagenet: set IMAGENET_PATH (or --data_root) to the folder holding train/ and val/")
+    elif not root:
+        raise UserError("folder: --data_root must be the folder holding train/ and val/")
+    split = "train" if train else next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), "val")
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise UserError(f"{name}: {path} does not exist: expected {root}/train/<class>/... and {root}/val/<class>/...")
+    return FolderData(name, path)
+
+
+def load_dataset(name, root, split):
+    """split: 'pretrain' (every training image, unlabeled ones too), 'train' (labeled), or 'test'."""
+    train = split != "test"
+    if name == "fmnist":
+        return load_fmnist(root, train)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, root or "./datasets", train)
+    if name == "stl10":
+        return load_stl10(root or "./datasets", split)
+    return load_folder(name, root, train)
+
+
+def fixed_subset(data, size, seed):
+    """The same `size` random images for a given seed, whatever the run."""
+    if not size or size >= len(data):
+        return data
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[:size].sort().values)

@@ -1,0 +1,88 @@
+"""Backbones without a classifier: an image batch in, pooled features (n, feat_dim) out."""
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+           "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3]),
+           "resnet152": (Bottleneck, [3, 8, 36, 3])}
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet blocks and parameter names, every width times `width` (2 = RN50-w2).
+
+    `cifar_stem`: a 3x3 stride-1 first conv and no max-pool, for images of 32 px or so.
+    """
+
+    def __init__(self, arch="resnet50", width=1.0, cifar_stem=False, in_channels=3):
+        super().__init__()
+        block, layers = RESNETS[arch]
+        planes = [max(1, int(round(64 * width * 2 ** i))) for i in range(4)]
+        self.inplanes = planes[0]
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(in_channels, planes[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._layer(block, planes[0], layers[0], 1)
+        self.layer2 = self._layer(block, planes[1], layers[1], 2)
+        self.layer3 = self._layer(block, planes[2], layers[2], 2)
+        self.layer4 = self._layer(block, planes[3], layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feat_dim = planes[3] * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _layer(self, block, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+
+class Pixels(nn.Module):
+    """The raw-pixel baseline: the normalized image, flattened."""
+
+    def __init__(self, channels, image_size):
+        super().__init__()
+        self.feat_dim = channels * image_size * image_size
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def backbone_spec(args, data):
+    """The plain dict that rebuilds a backbone (saved with every checkpoint and exported backbone)."""
+    cifar_stem = args.cifar_stem if args.cifar_stem is not None else data.image_size <= 64
+    return dict(arch=args.arch, width=args.width, cifar_stem=cifar_stem, in_channels=data.channels)
+
+
+def build_backbone(spec):
+    if spec["arch"] == "pixels":
+        return Pixels(spec["in_channels"], spec["image_size"])
+    return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"])
+
+
+def multicrop_forward(backbone, crops):
+    """Features of a list of crop batches, crop-major (sum n_c, feat_dim); one backbone call per run of equal sizes."""
+    feats, start = [], 0
+    while start < len(crops):
+        end = start
+        while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
+            end += 1
+        feats.append(backbone(torch.cat(crops[start:end])))
+        start = end
+    return torch.cat(feats)

@@ -1,0 +1,61 @@
+"""What every pretraining method shares: data, backbone, augmentation, kNN monitor, and the loop's hooks."""
+import types
+
+import torch
+import torch.nn as nn
+
+from data.augment import from_args
+from data.datasets import fixed_subset, load_dataset
+from models.backbones import backbone_spec, build_backbone
+from models.knn import extract_features, knn_accuracy
+from utils import config, dist
+
+
+def load_data(args, pretrain):
+    """train (what the loop iterates), test, and knn_train (the labeled training images for kNN)."""
+    train = fixed_subset(load_dataset(args.data, args.data_root, "pretrain" if pretrain else "train"), args.subset, args.seed)
+    test = load_dataset(args.data, args.data_root, "test")
+    knn_train = train
+    if (train.labels < 0).any():  # STL-10's unlabeled images: kNN uses the labeled split
+        knn_train = fixed_subset(load_dataset(args.data, args.data_root, "train"), args.subset, args.seed)
+    return types.SimpleNamespace(train=train, test=test, knn_train=knn_train)
+
+
+class Pretrain(nn.Module):
+    """Backbone + augmentation. A method subclasses it, adds its head and defines `forward(batch) -> (loss, logs)`."""
+
+    @staticmethod
+    def add_args(p):
+        config.add_backbone_args(p)
+        config.add_augment_args(p)
+
+    @staticmethod
+    def load_data(args):
+        return load_data(args, pretrain=True)
+
+    def __init__(self, args, data, device):
+        super().__init__()
+        self.args, self.data, self.device = args, data, device
+        self.backbone_spec = backbone_spec(args, data.train)
+        self.backbone = build_backbone(self.backbone_spec)
+        gen = torch.Generator(device).manual_seed(args.seed * 1000 + dist.rank())
+        try:
+            self.augment = from_args(args, data.train, gen)
+        except ValueError as e:
+            raise config.UserError(str(e))
+
+    def train_data(self):
+        return self.data.train
+
+    def on_epoch_start(self, epoch):
+        """Hook: start of every epoch (DeepCluster-v2 clusters here)."""
+
+    def after_step(self, batch, logs):
+        """Hook: after every optimiser step (memory banks are updated here)."""
+
+    def evaluate(self):
+        """kNN accuracy of the backbone's features, test images against the labeled training images."""
+        train = extract_features(self.backbone, self.data.knn_train, self.device, workers=self.args.workers)
+        test = extract_features(self.backbone, self.data.test, self.device, workers=self.args.workers)
+        k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
+        return dict(knn_acc1=k1, knn_acc5=k5)

@@ -1,0 +1,25 @@
+"""Projection heads."""
+import torch.nn as nn
+
+
+class MLP(nn.Sequential):
+    """Linear layers through `dims`; after every layer but the last, BatchNorm (use_bn) and ReLU (use_relu).
+
+    dims [2048, 2048, 128] with both flags is SimCLR's head: Linear -> BN -> ReLU -> Linear.
+    """
+
+    def __init__(self, dims, use_bn=True, use_relu=True):
+        layers = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(dims) - 2
+            layers.append(nn.Linear(d_in, d_out, bias=last or not use_bn))
+            if not last and use_bn:
+                layers.append(nn.BatchNorm1d(d_out))
+            if not last and use_relu:
+                layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+def head_dims(args, feat_dim):
+    hidden = [feat_dim if d == -1 else d for d in args.head_hidden_dims]
+    return [feat_dim] + hidden + [args.embedding_dim]

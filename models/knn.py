@@ -1,0 +1,37 @@
+"""Frozen-feature extraction and the weighted kNN classifier."""
+import torch
+import torch.nn.functional as F
+
+from data.augment import eval_view
+from data.loader import eval_batches
+
+
+@torch.no_grad()
+def extract_features(backbone, data, device, batch_size=512, workers=0):
+    """(features, labels) of every image of `data`, in order, un-augmented, backbone in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    for x, y in eval_batches(data, batch_size, device, workers):
+        feats.append(backbone(eval_view(x, data.mean, data.std)).float())
+        labels.append(y)
+    backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k=200, t=0.07, chunk=256):
+    """Top-1 and top-5 accuracy (percent): the k most cosine-similar training samples vote with weight exp(sim/t)."""
+    train_feats = F.normalize(train_feats, dim=1)
+    test_feats = F.normalize(test_feats, dim=1)
+    k = min(k, len(train_feats))
+    correct1 = correct5 = 0
+    for lo in range(0, len(test_feats), chunk):
+        sim, nn_idx = (test_feats[lo:lo + chunk] @ train_feats.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, device=sim.device)
+        votes.scatter_add_(1, train_labels[nn_idx], torch.exp(sim / t))
+        top = votes.topk(min(5, num_classes), dim=1).indices
+        y = test_labels[lo:lo + chunk, None]
+        correct1 += (top[:, :1] == y).sum().item()
+        correct5 += (top == y).any(dim=1).sum().item()
+    return 100.0 * correct1 / len(test_feats), 100.0 * correct5 / len(test_feats)

@@ -1,0 +1,206 @@
+"""Command line and YAML configs: every config key is a flag, and the command line wins.
+
+`parse_args(argv, problems)` reads `--problem` and `--config` first, builds the parser of that
+problem (common flags + the problem class's `add_args`), checks every YAML key against it, and
+then parses the command line with the YAML values as defaults. Any mistake raises `UserError`,
+which `train.py` turns into one line on stderr and exit code 2, before a run folder exists.
+"""
+import argparse
+import os
+import sys
+
+import yaml
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2, nothing written."""
+
+
+def str2bool(s):
+    if isinstance(s, bool):
+        return s
+    value = str(s).lower()
+    if value in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if value in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def none_or(cast):
+    def convert(s):
+        return None if s is None or str(s).lower() in ("none", "null") else cast(s)
+    convert.__name__ = cast.__name__
+    return convert
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UserError instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def add_common_args(p):
+    g = p.add_argument_group("run")
+    g.add_argument("--problem", default="simclr", help="what to train: the method, or `eval` for the linear probe and kNN")
+    g.add_argument("--config", help="YAML file of flag values; flags given on the command line win")
+    g.add_argument("--root", default=None, help="exman root for run folders (default: $EXMAN_PATH, else ./logs)")
+    g.add_argument("--name", default="", help="suffix of the run folder's name")
+    g.add_argument("--tmp", type=str2bool, default=False, help="put the run folder in <root>/tmp, outside the index")
+    g.add_argument("--resume", default=None, help="run folder or checkpoint to continue, in its own folder")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
+    g.add_argument("--device", default=None, help="cuda, cpu, cuda:1... (default: cuda when available, else cpu)")
+    g.add_argument("--log_freq", type=int, default=50, help="steps between rows of logs.csv")
+    g.add_argument("--save_freq", type=int, default=1000, help="steps between checkpoints (one is always written at the end)")
+    g.add_argument("--eval_freq", type=int, default=0, help="steps between evaluations (kNN while pretraining, test accuracy in eval); 0: only at the end")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="fmnist", choices=["fmnist", "cifar10", "cifar100", "stl10", "imagenet", "folder"],
+                   help="dataset; `imagenet` reads $IMAGENET_PATH/{train,val}, `folder` reads --data_root/{train,val}")
+    g.add_argument("--data_root", default=None, help="where the dataset's files are (default: the dataset's usual place)")
+    g.add_argument("--subset", type=int, default=0, help="train on a fixed random subset of this many images (0: all)")
+    g.add_argument("--workers", type=int, default=4, help="data loader processes for folder datasets (in-memory data needs none)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_size", type=int, default=256, help="global batch size in images, over all processes")
+    g.add_argument("--epochs", type=float, default=100, help="length of training in epochs")
+    g.add_argument("--iters", type=int, default=-1, help="total optimiser steps; overrides --epochs when >= 0")
+    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw"], help="optimiser")
+    g.add_argument("--lr", type=float, default=0.3, help="base learning rate for a batch of 256, scaled by --lr_scaling")
+    g.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt", "none"],
+                   help="lr = base * batch/256 (linear), * sqrt(batch/256) (sqrt), or as given (none)")
+    g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "multistep", "const"], help="shape after the warmup")
+    g.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps spent in linear warmup")
+    g.add_argument("--warmup_start_lr", type=float, default=0.0, help="base lr at step 0 of the warmup (scaled like --lr)")
+    g.add_argument("--final_lr", type=float, default=0.0, help="base lr at the end of the cosine (scaled like --lr)")
+    g.add_argument("--lr_steps", type=float, nargs="*", default=[], help="multistep: epochs at which lr is multiplied by --lr_gamma")
+    g.add_argument("--lr_gamma", type=float, default=0.1, help="multistep factor")
+    g.add_argument("--weight_decay", type=float, default=1e-6, help="weight decay")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD/LARS momentum (AdamW: beta1)")
+    g.add_argument("--nesterov", type=str2bool, default=False, help="Nesterov momentum for SGD")
+    g.add_argument("--exclude_bias_and_norm", type=str2bool, default=True,
+                   help="parameters with ndim <= 1 get no weight decay and no LARS adaptation")
+    g.add_argument("--larc_trust_coefficient", type=float, default=0.001, help="LARS trust coefficient eta")
+    g.add_argument("--larc_clip", type=str2bool, default=False, help="LARC clipping: adaptive rate min(a/lr, 1)")
+    g.add_argument("--larc_eps", type=float, default=1e-8, help="LARS epsilon in the trust ratio")
+    g.add_argument("--knn_k", type=int, default=200, help="neighbours of the kNN classifier")
+    g.add_argument("--knn_t", type=float, default=0.07, help="temperature of the kNN vote weights exp(sim/t)")
+
+
+def add_backbone_args(p):
+    g = p.add_argument_group("backbone and head")
+    g.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+                   help="backbone")
+    g.add_argument("--width", type=float, default=1.0, help="width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
+    g.add_argument("--cifar_stem", type=none_or(str2bool), default=None,
+                   help="3x3 stride-1 stem without max-pool (default: true for images of 64 px or less)")
+    g.add_argument("--head_hidden_dims", type=int, nargs="*", default=[-1],
+                   help="hidden widths of the MLP head; -1 = backbone feature width")
+    g.add_argument("--embedding_dim", type=int, default=128, help="output width of the head")
+    g.add_argument("--head_use_bn", type=str2bool, default=True, help="BatchNorm after each hidden layer of the head")
+    g.add_argument("--head_use_relu", type=str2bool, default=True, help="ReLU after each hidden layer of the head")
+
+
+def add_augment_args(p):
+    g = p.add_argument_group("augmentation (multi-crop and SimCLR colour distortion)")
+    g.add_argument("--num_crops", type=int, nargs="+", default=[2], help="crops per image for each crop size")
+    g.add_argument("--size_crops", type=int, nargs="+", default=[-1], help="side of each crop size; -1 = dataset's image size")
+    g.add_argument("--min_scale_crops", type=float, nargs="+", default=[0.08], help="smallest area fraction of each crop size")
+    g.add_argument("--max_scale_crops", type=float, nargs="+", default=[1.0], help="largest area fraction of each crop size")
+    g.add_argument("--color_jitter_strength", type=none_or(float), default=None,
+                   help="s in ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) (default: 1.0, or 0.5 for images of 32 px or less)")
+    g.add_argument("--jitter_prob", type=float, default=0.8, help="probability of colour jitter")
+    g.add_argument("--grayscale_prob", type=float, default=0.2, help="probability of grayscale")
+    g.add_argument("--blur_prob", type=none_or(float), default=None,
+                   help="probability of Gaussian blur (default: 0.5, or 0 for images of 32 px or less)")
+    g.add_argument("--solarize_prob", type=float, default=0.0, help="probability of solarization")
+
+
+def _action_for(parser, key):
+    for action in parser._actions:
+        if action.dest == key and action.option_strings:
+            return action
+    return None
+
+
+def _convert(action, key, value):
+    """Type-check one YAML value with the flag's own converter."""
+    def one(v):
+        if action.type is None:
+            return v if isinstance(v, str) else str(v)
+        try:
+            out = action.type(v if isinstance(v, (bool, type(None))) else str(v))
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            raise UserError(f"config key '{key}': {v!r} is not a valid {getattr(action.type, '__name__', 'value')}")
+        if action.choices is not None and out not in action.choices:
+            raise UserError(f"config key '{key}': {v!r} is not one of {list(action.choices)}")
+        return out
+    if action.nargs in ("+", "*"):
+        values = value if isinstance(value, list) else [value]
+        if action.nargs == "+" and not values:
+            raise UserError(f"config key '{key}' needs at least one value")
+        return [one(v) for v in values]
+    if isinstance(value, (list, dict)):
+        raise UserError(f"config key '{key}' takes one value, got {value!r}")
+    return one(value)
+
+
+def read_config(path):
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            cfg = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(cfg, dict):
+        raise UserError(f"config {path} must be a mapping of flag names to values")
+    return cfg
+
+
+def build_parser(problem, problems):
+    if problem not in problems:
+        raise UserError(f"unknown problem '{problem}'; choose from {', '.join(problems)}")
+    p = Parser(prog="train.py", description=f"Train `{problem}`. Every flag can also be a key of the --config YAML.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(p)
+    problems[problem].add_args(p)
+    return p
+
+
+def parse_args(argv, problems):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = Parser(add_help=False)
+    pre.add_argument("--problem")
+    pre.add_argument("--config")
+    pre.add_argument("--resume")
+    known, _ = pre.parse_known_args(argv)
+    cfg = read_config(known.config) if known.config else {}
+    problem = known.problem or cfg.get("problem")
+    if problem is None and known.resume:
+        from utils import checkpoint
+        problem = checkpoint.load(known.resume)["args"]["problem"]
+    problem = problem or "simclr"
+    parser = build_parser(problem, problems)
+
+    defaults = {}
+    for key, value in cfg.items():
+        action = _action_for(parser, key)
+        if action is None or key in ("config", "help"):
+            raise UserError(f"unknown config key '{key}' in {known.config} for problem '{problem}'")
+        defaults[key] = _convert(action, key, value)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    args.problem = problem
+    # Flags typed on the command line: on --resume they override the saved ones.
+    explicit = Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            explicit.add_argument(*action.option_strings, dest=action.dest, type=action.type,
+                                  nargs=action.nargs, choices=action.choices)
+    args.explicit = sorted(vars(explicit.parse_args(argv)))
+    args.given = sorted(set(args.explicit) | set(cfg))  # set by the user, on the command line or in the config
+    if args.root is None:
+        args.root = os.environ.get("EXMAN_PATH", "./logs")
+    return args

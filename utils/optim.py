@@ -1,0 +1,98 @@
+"""LARS (the Apex LARC rule), optimiser construction and the per-step learning-rate schedule."""
+import math
+
+import torch
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose gradient is rescaled per parameter by the LARC trust ratio.
+
+    a = eta * |p| / (|g| + wd * |p| + eps); with clip, a = min(a / lr, 1); a = 1 where |p| or |g| is 0.
+    g <- (g + wd * p) * a;  v <- mu * v + g;  p <- p - lr * v.
+    A param group with `lars_exclude: True` skips the adaptation (a = 1) and uses its own weight decay.
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, clip=False):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                        eps=eps, clip=clip, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd, lr = group["weight_decay"], group["lr"]
+            if not group["lars_exclude"]:
+                p_norms = torch.stack(torch._foreach_norm(params))
+                g_norms = torch.stack(torch._foreach_norm(grads))
+                ratio = group["trust_coefficient"] * p_norms / (g_norms + wd * p_norms + group["eps"])
+                if group["clip"]:
+                    ratio = torch.clamp(ratio / lr, max=1.0)
+                ratio = torch.where((p_norms > 0) & (g_norms > 0), ratio, torch.ones_like(ratio))
+            if wd != 0:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if not group["lars_exclude"]:
+                grads = torch._foreach_mul(grads, list(ratio.unbind()))
+            bufs = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = g.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_add_(params, bufs, alpha=-lr)
+        return loss
+
+
+def param_groups(model, weight_decay, exclude_bias_and_norm):
+    """Two groups: weights, and (when excluded) biases and norm parameters, found by ndim, not by name."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bias_and_norm:
+        return [dict(params=params, weight_decay=weight_decay)]
+    return [dict(params=[p for p in params if p.ndim > 1], weight_decay=weight_decay),
+            dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lars_exclude=True)]
+
+
+def build_optimizer(model, args):
+    groups = param_groups(model, args.weight_decay, args.exclude_bias_and_norm)
+    if args.opt == "lars":
+        return LARS(groups, lr=0.0, momentum=args.momentum, weight_decay=args.weight_decay,
+                    trust_coefficient=args.larc_trust_coefficient, eps=args.larc_eps, clip=args.larc_clip)
+    for g in groups:
+        g.pop("lars_exclude", None)
+    if args.opt == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=args.momentum, nesterov=args.nesterov)
+    return torch.optim.AdamW(groups, lr=0.0, betas=(args.momentum, 0.999))
+
+
+def scale_lr(base, batch_size, rule):
+    if rule == "linear":
+        return base * batch_size / 256
+    if rule == "sqrt":
+        return base * math.sqrt(batch_size / 256)
+    return base
+
+
+def lr_at(step, total_steps, steps_per_epoch, args):
+    """Learning rate of optimiser step `step` (0-based): warmup, then cosine / multistep / const."""
+    peak = scale_lr(args.lr, args.batch_size, args.lr_scaling)
+    start = scale_lr(args.warmup_start_lr, args.batch_size, args.lr_scaling)
+    final = scale_lr(args.final_lr, args.batch_size, args.lr_scaling)
+    warmup_steps = int(round(args.warmup * total_steps))
+    if step < warmup_steps:
+        return start + (peak - start) * step / warmup_steps
+    if args.lr_schedule == "cosine":
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * t))
+    if args.lr_schedule == "multistep":
+        passed = sum(step >= round(e * steps_per_epoch) for e in args.lr_steps)
+        return peak * args.lr_gamma ** passed
+    return peak
