@@ -51,7 +51,11 @@ def sample_boxes(n, height, width, scale, ratio, gen, tries=10):
 
 
 def crop_resize(x, boxes, size, flip):
-    """Crop each image to its box and resize to size x size (bilinear), mirrored where `flip`."""
+    """Crop each image to its box and resize to size x size (bilinear), mirrored where `flip`.
+
+    One grid_sample for the batch; samples that fall just outside the box read the image's own
+    neighbouring pixels (torchvision repeats the box's edge pixels instead).
+    """
     n, _, height, width = x.shape
     x0, y0, w, h = boxes.to(x.dtype).unbind(1)
     sx = w / width * torch.where(flip, -1.0, 1.0).to(x.dtype)

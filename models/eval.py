@@ -32,6 +32,7 @@ class LinearEval(nn.Module):
         g.add_argument("--linear_bn", type=str2bool, default=False, help="a non-affine BatchNorm before the linear layer")
         g.add_argument("--eval_only", type=str2bool, default=False, help="no training: score the linear run given by --ckpt")
         g.add_argument("--ckpt", default=None, help="with --eval_only: the linear run folder or checkpoint to score")
+        p.set_defaults(opt="sgd", lr=0.1, epochs=100, weight_decay=0.0)  # SGD momentum 0.9 + cosine, METHODS.md
 
     @staticmethod
     def load_data(args):
@@ -50,6 +51,8 @@ class LinearEval(nn.Module):
             for key in ("data", "data_root"):
                 if key not in args.given:
                     setattr(args, key, source["args"][key])
+        if args.eval_only:
+            args.linear_bn = source["args"]["linear_bn"]  # the probe's shape is the trained run's
         return load_data(args, pretrain=False)
 
     def __init__(self, args, data, device):

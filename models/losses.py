@@ -14,7 +14,7 @@ def info_nce_loss(z, num_crops, temperature):
     rank (`dist.gather`); the loss is the mean over this rank's C*n*(C-1) terms.
     With C = 2 it is NT-Xent over 2N views.
     """
-    z = F.normalize(z.float(), dim=1)
+    z = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)  # fp16/bf16 -> fp32
     n = z.shape[0] // num_crops
     logits = z @ dist.gather(z).T / temperature  # (C*n, W*C*n)
     rows = torch.arange(num_crops * n, device=z.device)

@@ -94,7 +94,8 @@ def add_backbone_args(p):
                    help="backbone")
     g.add_argument("--width", type=float, default=1.0, help="width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
     g.add_argument("--cifar_stem", type=none_or(str2bool), default=None,
-                   help="3x3 stride-1 stem without max-pool (default: true for images of 64 px or less)")
+                   help="3x3 stem without max-pool (default: true for images of 64 px or less)")
+    g.add_argument("--stem_stride", type=int, default=1, choices=[1, 2], help="stride of the CIFAR stem's conv")
     g.add_argument("--head_hidden_dims", type=int, nargs="*", default=[-1],
                    help="hidden widths of the MLP head; -1 = backbone feature width")
     g.add_argument("--embedding_dim", type=int, default=128, help="output width of the head")

@@ -1,0 +1,33 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """The Debian Fashion-MNIST files; CI installs them (.ci/setup), so their absence is a failure, not a skip."""
+    from data.datasets import FMNIST_DEBIAN
+    if not os.path.exists(os.path.join(FMNIST_DEBIAN, "train-images-idx3-ubyte.gz")):
+        pytest.fail(f"Fashion-MNIST is missing from {FMNIST_DEBIAN}: apt-get install dataset-fashion-mnist")
+    return FMNIST_DEBIAN
+
+
+TINY = ["--data", "fmnist", "--subset", "512", "--batch_size", "64", "--arch", "resnet18", "--width", "0.125",
+        "--opt", "adamw", "--lr", "1e-3", "--workers", "0"]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, fmnist):
+    """One tiny SimCLR pretraining and its linear evaluation, shared by the tests that only read them."""
+    import train
+    root = str(tmp_path_factory.mktemp("logs"))
+    pre, pre_metrics = train.main(["--problem", "simclr", "--root", root, "--iters", "6", "--log_freq", "2",
+                                   "--eval_freq", "4", "--knn_k", "20", "--name", "tiny"] + TINY)
+    lin, lin_metrics = train.main(["--problem", "eval", "--root", root, "--encoder_ckpt", pre, "--subset", "512",
+                                   "--epochs", "30", "--batch_size", "128", "--opt", "sgd", "--lr", "0.1",
+                                   "--linear_bn", "true", "--knn_k", "20"])
+    return dict(root=root, pre=pre, lin=lin, pre_metrics=pre_metrics, lin_metrics=lin_metrics)

@@ -1,0 +1,91 @@
+import argparse
+import math
+
+import pytest
+import torch
+
+from utils.optim import LARS, build_optimizer, lr_at, param_groups
+
+
+def test_lars_step_matches_hand_computation():
+    p = torch.tensor([3.0, 4.0], requires_grad=True)  # |p| = 5
+    p.grad = torch.tensor([0.6, 0.8])  # |g| = 1
+    lr, wd, eta, mu = 0.5, 0.1, 0.01, 0.9
+    opt = LARS([p], lr=lr, momentum=mu, weight_decay=wd, trust_coefficient=eta, eps=0.0)
+    opt.step()
+    a = eta * 5 / (1 + wd * 5)  # 0.05 / 1.5
+    v1 = (torch.tensor([0.6, 0.8]) + wd * torch.tensor([3.0, 4.0])) * a
+    expected = torch.tensor([3.0, 4.0]) - lr * v1
+    assert torch.allclose(p.detach(), expected, atol=1e-7)
+    # second step: momentum buffer v <- mu * v + a' * (g + wd p)
+    p.grad = torch.tensor([1.0, 0.0])
+    q = expected.clone()
+    a2 = eta * q.norm() / (1 + wd * q.norm())
+    v2 = mu * v1 + (torch.tensor([1.0, 0.0]) + wd * q) * a2
+    opt.step()
+    assert torch.allclose(p.detach(), q - lr * v2, atol=1e-7)
+
+
+def test_lars_clip_caps_the_adaptive_rate_at_the_global_lr():
+    p = torch.tensor([3.0, 4.0], requires_grad=True)
+    p.grad = torch.tensor([0.0006, 0.0008])  # tiny gradient -> huge trust ratio
+    lr = 0.1
+    LARS([p], lr=lr, momentum=0.0, weight_decay=0.0, trust_coefficient=0.001, eps=0.0, clip=True).step()
+    # a = eta|p|/|g| = 5 >= lr, so clip gives min(a / lr, 1) = 1: a plain SGD step
+    assert torch.allclose(p.detach(), torch.tensor([3.0, 4.0]) - lr * torch.tensor([0.0006, 0.0008]))
+
+
+def test_lars_excluded_group_is_plain_sgd_and_zero_norm_skips_adaptation():
+    b = torch.tensor([1.0, -1.0], requires_grad=True)
+    b.grad = torch.tensor([0.5, 0.5])
+    w = torch.zeros(2, 2, requires_grad=True)  # |p| = 0: trust ratio 1
+    w.grad = torch.ones(2, 2)
+    opt = LARS([dict(params=[w]), dict(params=[b], weight_decay=0.0, lars_exclude=True)], lr=0.1, momentum=0.0,
+               weight_decay=0.5)
+    opt.step()
+    assert torch.allclose(b.detach(), torch.tensor([0.95, -1.05]))
+    assert torch.allclose(w.detach(), torch.full((2, 2), -0.1))
+
+
+def test_bias_and_norm_exclusion_is_by_dimension_and_catches_downsample_bn():
+    from models.backbones import ResNet
+    net = ResNet("resnet18", 0.125, cifar_stem=True, in_channels=1)
+    weights, excluded = param_groups(net, 1e-4, True)
+    names = {id(p): n for n, p in net.named_parameters()}
+    excluded_names = {names[id(p)] for p in excluded["params"]}
+    assert "layer2.0.downsample.1.weight" in excluded_names and "bn1.bias" in excluded_names
+    assert all(p.ndim > 1 for p in weights["params"]) and excluded["weight_decay"] == 0.0
+    assert len(weights["params"]) + len(excluded["params"]) == len(list(net.parameters()))
+
+
+def schedule_args(**kw):
+    base = dict(lr=0.3, batch_size=512, lr_scaling="linear", warmup=0.1, warmup_start_lr=0.0, final_lr=0.0,
+                lr_schedule="cosine", lr_steps=[], lr_gamma=0.1)
+    return argparse.Namespace(**dict(base, **kw))
+
+
+def test_warmup_then_cosine_values():
+    args = schedule_args()  # peak 0.3 * 512 / 256 = 0.6, 10 warmup steps of 100
+    assert lr_at(0, 100, 10, args) == 0.0
+    assert lr_at(5, 100, 10, args) == pytest.approx(0.3)
+    assert lr_at(10, 100, 10, args) == pytest.approx(0.6)
+    assert lr_at(55, 100, 10, args) == pytest.approx(0.3)  # half way through the cosine
+    assert lr_at(100, 100, 10, args) == pytest.approx(0.0, abs=1e-12)
+    args = schedule_args(final_lr=0.003, warmup=0.0, lr_scaling="sqrt")
+    assert lr_at(0, 100, 10, args) == pytest.approx(0.3 * math.sqrt(2))
+    assert lr_at(100, 100, 10, args) == pytest.approx(0.003 * math.sqrt(2))
+
+
+def test_multistep_values():
+    args = schedule_args(lr_schedule="multistep", warmup=0.0, lr_steps=[2, 3], lr_scaling="none")
+    values = [lr_at(s, 50, 10, args) for s in (0, 19, 20, 29, 30, 49)]
+    assert values == pytest.approx([0.3, 0.3, 0.03, 0.03, 0.003, 0.003])
+
+
+def test_build_optimizer_groups():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    args = argparse.Namespace(opt="adamw", weight_decay=0.05, exclude_bias_and_norm=True, momentum=0.9)
+    opt = build_optimizer(net, args)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]

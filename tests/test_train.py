@@ -1,0 +1,151 @@
+"""train.py end to end on a Fashion-MNIST subset: pretrain, evaluate, resume, and refuse bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import exman
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import train
+from conftest import ROOT, TINY
+
+
+def test_pretrain_writes_an_exman_run_folder(runs):
+    pre = runs["pre"]
+    assert sorted(os.listdir(pre)) == ["backbone.pth", "checkpoint.pth.tar", "log.txt", "logs.csv", "params.yaml"]
+    logs = pd.read_csv(os.path.join(pre, "logs.csv"))
+    assert logs["iter"].tolist() == [2, 4, 6]
+    assert {"epoch", "lr", "train_loss", "img_per_s", "knn_acc1"} <= set(logs.columns)
+    assert logs["knn_acc1"].notna().tolist() == [False, True, True]  # eval_freq 4, and at the end
+    assert logs["train_loss"].notna().all() and (logs["train_loss"] > 0).all()
+    params = yaml.safe_load(open(os.path.join(pre, "params.yaml")))
+    assert params["problem"] == "simclr" and params["width"] == 0.125 and params["iters"] == 6
+    info = exman.Index(runs["root"]).info()
+    assert len(info) == 2 and set(info["problem"]) == {"simclr", "eval"}
+    ckpt = torch.load(os.path.join(pre, "checkpoint.pth.tar"), weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["args"]["problem"] == "simclr"
+    exported = torch.load(os.path.join(pre, "backbone.pth"), weights_only=True)
+    assert exported["backbone_spec"]["in_channels"] == 1 and "fc.weight" not in exported["backbone"]
+
+
+def test_linear_eval_scores_the_encoder(runs):
+    m = runs["lin_metrics"]
+    assert set(m) == {"test_acc1", "test_acc5", "knn_acc1", "knn_acc5"}
+    assert 40 < m["test_acc1"] <= 100 and m["test_acc1"] <= m["test_acc5"]  # ten classes: chance is 10%
+    assert 40 < m["knn_acc1"] <= 100
+    logs = pd.read_csv(os.path.join(runs["lin"], "logs.csv"))
+    assert logs["test_acc1"].iloc[-1] == pytest.approx(m["test_acc1"])
+    # --eval_only --ckpt re-scores the trained probe and gets the same numbers
+    _, again = train.main(["--problem", "eval", "--eval_only", "true", "--ckpt", runs["lin"], "--root", runs["root"],
+                           "--tmp", "true", "--subset", "512", "--knn_k", "20"])
+    assert again["test_acc1"] == pytest.approx(m["test_acc1"]) and again["knn_acc1"] == pytest.approx(m["knn_acc1"])
+
+
+def test_raw_pixel_and_random_init_baselines(tmp_path):
+    _, pixels = train.main(["--problem", "eval", "--encoder_ckpt", "pixels", "--root", str(tmp_path), "--subset", "512",
+                            "--epochs", "2", "--batch_size", "128", "--opt", "sgd", "--lr", "0.1", "--knn_k", "20"])
+    assert pixels["test_acc1"] > 40
+    folder, _ = train.main(["--problem", "simclr", "--iters", "0", "--root", str(tmp_path), "--knn_k", "20"] + TINY)
+    assert torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)["step"] == 0
+
+
+def run_cli(args, **kw):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, capture_output=True, text=True,
+                          cwd=ROOT, **kw)
+
+
+def final_weights(folder):
+    return torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    args = ["--problem", "simclr", "--iters", "10", "--log_freq", "1", "--save_freq", "1000", "--width", "0.25",
+            "--knn_k", "20"] + TINY[:-4] + ["--opt", "lars", "--lr", "0.5", "--warmup", "0.3", "--workers", "0"]
+    whole = run_cli(args + ["--root", str(tmp_path / "a")])
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args + ["--root", str(tmp_path / "b")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv = None
+    while proc.poll() is None:  # interrupt once three steps are logged
+        found = list((tmp_path / "b").glob("runs/*/logs.csv"))
+        if found and len(pd.read_csv(found[0])) >= 3:
+            csv = found[0]
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=300)
+    assert csv is not None and proc.returncode == 128 + signal.SIGINT, err
+    folder = str(csv.parent)
+    stopped_at = final_weights(folder)["step"]
+    assert 3 <= stopped_at < 10
+    assert f"python train.py --resume {folder}" in out
+    resumed = run_cli(["--resume", folder])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = final_weights(str(next((tmp_path / "a").glob("runs/*")))), final_weights(folder)
+    assert b["step"] == 10
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    logs = pd.read_csv(os.path.join(folder, "logs.csv"))
+    assert logs["iter"].tolist() == list(range(1, 11))  # no duplicated or missing rows
+
+
+def test_help_lists_the_flags_of_the_chosen_problem():
+    simclr, evaluation = run_cli(["--problem", "simclr", "--help"]), run_cli(["--problem", "eval", "--help"])
+    assert "--temperature" in simclr.stdout and "--num_crops" in simclr.stdout
+    assert "--encoder_ckpt" in evaluation.stdout and "--temperature" not in evaluation.stdout
+
+
+def write_yaml(path, values):
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+BAD = {
+    "unknown config key": (lambda d: ["--config", write_yaml(d / "c.yaml", {"temprature": 0.2})], "unknown config key 'temprature'"),
+    "unknown flag": (lambda d: ["--temprature", "0.2"], "unrecognized arguments: --temprature"),
+    "wrong yaml type": (lambda d: ["--config", write_yaml(d / "c.yaml", {"lr": "fast"})], "config key 'lr'"),
+    "wrong flag type": (lambda d: ["--batch_size", "many"], "--batch_size"),
+    "bad choice": (lambda d: ["--opt", "adam"], "--opt"),
+    "unknown problem": (lambda d: ["--problem", "byol"], "unknown problem 'byol'"),
+    "missing config": (lambda d: ["--config", str(d / "none.yaml")], "config file not found"),
+    "multi-crop lists": (lambda d: ["--num_crops", "2", "6", "--size_crops", "28"], "one value per crop size"),
+    "missing data": (lambda d: ["--data", "cifar10", "--data_root", str(d / "nowhere")], "cifar10 not found"),
+    "batch larger than data": (lambda d: ["--subset", "100", "--batch_size", "256"], "--batch_size 256"),
+    "no encoder": (lambda d: ["--problem", "eval"], "needs --encoder_ckpt"),
+    "missing checkpoint": (lambda d: ["--problem", "eval", "--encoder_ckpt", str(d / "run")], "no checkpoint at"),
+    "not a checkpoint": (lambda d: ["--problem", "eval", "--encoder_ckpt", write_yaml(d / "x.pth", {"a": 1})],
+                         "is not a checkpoint"),
+    "resume nothing": (lambda d: ["--resume", str(d)], "no checkpoint at"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, case):
+    make_args, message = BAD[case]
+    root = tmp_path / "logs"
+    with pytest.raises(SystemExit) as exit:
+        train.main(make_args(tmp_path) + ["--root", str(root)])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 or err[0].startswith("usage:"), err
+    assert err[-1].startswith("train.py: error:") and message in err[-1], err[-1]
+    assert not (root / "runs").exists() or not os.listdir(root / "runs")
+
+
+def test_eval_only_refuses_a_pretraining_run(runs, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--problem", "eval", "--eval_only", "true", "--ckpt", runs["pre"], "--root", runs["root"]])
+    assert "is a 'simclr' run, not a linear (eval) run" in capsys.readouterr().err
+    assert len(os.listdir(os.path.join(runs["root"], "runs"))) == 2
+
+
+@pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_config_parses(config):
+    from utils.config import parse_args
+    args = parse_args(["--config", os.path.join(ROOT, "configs", config)], train.PROBLEMS)
+    assert args.problem in train.PROBLEMS and args.given
