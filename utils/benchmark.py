@@ -1,0 +1,54 @@
+"""Training throughput of a problem's model: python -m utils.benchmark --config configs/X.yaml [--flag value ...].
+
+Times full optimiser steps (augmentation, forward, loss, backward, step) on one batch of real images,
+after a few warm-up steps, and prints images/s and crops/s. Writes no run folder.
+"""
+import sys
+import time
+
+import torch
+
+import train
+from utils.config import UserError, parse_args
+from utils.optim import build_optimizer
+
+
+def benchmark(argv, steps=10, warmup=3):
+    args = parse_args(argv, train.PROBLEMS)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    Problem = train.PROBLEMS[args.problem]
+    data = Problem.load_data(args)
+    if not hasattr(data.train, "images"):
+        raise UserError("the benchmark times in-memory datasets (fmnist, cifar, stl10); folder data is bound by its loader")
+    data.train.to(device)
+    model = Problem(args, data, device).to(device).train()
+    optimizer = build_optimizer(model, args)
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-4
+    idx = torch.arange(args.batch_size) % len(data.train)
+    batch = data.train.images[idx.to(data.train.images.device)], data.train.labels[idx], idx
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.time()
+        loss, _ = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.time() - start) / steps
+    crops = len(getattr(model.augment, "crops", [None]))
+    print(f"{args.problem} {args.arch} width {args.width} batch {args.batch_size} on {device} "
+          f"({torch.get_num_threads()} threads): {seconds:.3f} s/step, {args.batch_size / seconds:.0f} img/s, "
+          f"{crops * args.batch_size / seconds:.0f} crops/s")
+
+
+if __name__ == "__main__":
+    try:
+        benchmark(sys.argv[1:])
+    except UserError as e:
+        print(f"benchmark: error: {e}", file=sys.stderr)
+        sys.exit(2)
