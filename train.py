@@ -48,10 +48,23 @@ class StopFlag:
         self.signal = signum
 
 
+def pick_device(args):
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def train_step(model, optimizer, batch):
+    """One optimiser step on one batch: (loss, logs) of the model's forward."""
+    loss, logs = model(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logs
+
+
 def run(args):
     if args.resume:
         args = resume_args(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args)
     torch.manual_seed(args.seed * 1000 + dist.rank())
     Problem = PROBLEMS[args.problem]
     data = Problem.load_data(args)
@@ -112,10 +125,7 @@ def run(args):
             lr = lr_at(step, total, spe, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, logs = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logs = train_step(model, optimizer, batch)
             model.after_step(batch, logs)
             step += 1
             loss_sum += loss.detach()

@@ -15,7 +15,7 @@ from utils.optim import build_optimizer
 
 def benchmark(argv, steps=10, warmup=3):
     args = parse_args(argv, train.PROBLEMS)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = train.pick_device(args)
     torch.manual_seed(args.seed)
     Problem = train.PROBLEMS[args.problem]
     data = Problem.load_data(args)
@@ -33,10 +33,7 @@ def benchmark(argv, steps=10, warmup=3):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.time()
-        loss, _ = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train.train_step(model, optimizer, batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.time() - start) / steps
