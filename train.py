@@ -21,6 +21,7 @@ from utils.optim import build_optimizer, lr_at
 from utils.runlog import RunLog, create_run_folder
 
 PROBLEMS = {"simclr": SimCLR, "eval": LinearEval}
+LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device")
 
 
 def resume_args(args):
@@ -29,7 +30,9 @@ def resume_args(args):
     saved = checkpoint.load(path)["args"]
     if "problem" in args.explicit and args.problem != saved["problem"]:
         raise UserError(f"--resume {args.resume} is a '{saved['problem']}' run, not '{args.problem}'")
-    merged = dict(saved, **{k: getattr(args, k) for k in args.explicit if k not in ("resume", "config")})
+    launch = {k: getattr(args, k) for k in LAUNCH_FLAGS}  # where and how to run: from this command line, not the saved run
+    merged = dict(saved, **launch)
+    merged.update({k: getattr(args, k) for k in args.explicit if k not in ("resume", "config")})
     merged.update(resume=path, explicit=[], given=sorted(saved))
     return argparse.Namespace(**merged)
 
@@ -52,48 +55,76 @@ def pick_device(args):
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def train_step(model, optimizer, batch):
-    """One optimiser step on one batch: (loss, logs) of the model's forward."""
+def train_step(model, optimizer, batch, scaler):
+    """One optimiser step on one batch: (loss, logs) of the model's forward. `scaler` is a no-op unless --amp_dtype fp16."""
     loss, logs = model(batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return loss, logs
 
 
+def check_launch(args):
+    """The mistakes of a distributed launch that can be reported once, before any process starts."""
+    procs = dist.total_procs(args)
+    if args.sync_bn and procs > 1:
+        if pick_device(args).type == "cpu":
+            raise UserError("--sync_bn needs GPUs: torch.nn.SyncBatchNorm has no CPU kernel")
+        dist.sync_bn_groups(procs, args.sync_bn_group_size, dist.procs_per_node(args))
+
+
+def distribute(model, args, device):
+    """SyncBatchNorm and DistributedDataParallel around `model`; the model itself when it trains replicated or alone."""
+    if dist.world_size() == 1 or getattr(model, "replicated", False):
+        return model
+    if args.sync_bn:
+        dist.convert_sync_bn(model, args.sync_bn_group_size, dist.procs_per_node(args))
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def run(args):
-    if args.resume:
-        args = resume_args(args)
     device = pick_device(args)
-    torch.manual_seed(args.seed * 1000 + dist.rank())
+    torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest convolutions
     Problem = PROBLEMS[args.problem]
     data = Problem.load_data(args)
-    if args.batch_size % dist.world_size():
-        raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({dist.world_size()})")
-    if args.batch_size > len(data.train):
-        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(data.train)} training images")
     for d in (data.train, data.test, data.knn_train):
         d.to(device)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = Problem(args, data, device).to(device)
+    torch.manual_seed(args.seed * 1000 + dist.rank())
+    shards = 1 if getattr(model, "replicated", False) else dist.world_size()
+    if args.batch_size % shards:
+        raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({shards})")
+    if args.batch_size > len(model.train_data()):
+        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
+    net = distribute(model, args, device)
     optimizer = build_optimizer(model, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
     step = 0
     if args.resume:
         ckpt = checkpoint.load(args.resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        checkpoint.set_rng_state(ckpt["rng"], model.augment.gen)
+        scaler.load_state_dict(ckpt.get("scaler", {}))
         step = ckpt["step"]
+        states = ckpt["rng"]
+        if len(states) == dist.world_size():
+            checkpoint.set_rng_state(states[dist.rank()], model.augment.gen)
+        else:  # another number of processes: fresh streams, still distinct per rank and per resume point
+            model.augment.gen.manual_seed((args.seed * 1000 + dist.rank()) * 1000003 + step)
         folder = os.path.dirname(args.resume)
     else:
-        folder = create_run_folder(args) if dist.is_main() else None
+        folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
     log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
     saved_args = {k: v for k, v in vars(args).items() if k not in ("explicit", "given")}
 
     def save(step):
+        rng = dist.all_gather_object(checkpoint.rng_state(model.augment.gen))  # every rank's streams
         if not dist.is_main():
             return
         state = dict(args=saved_args, step=step, epoch=step // spe, model=model.state_dict(),
-                     optimizer=optimizer.state_dict(), rng=checkpoint.rng_state(model.augment.gen),
+                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng,
                      backbone_spec=model.backbone_spec)
         checkpoint.save_atomic(state, os.path.join(folder, checkpoint.CHECKPOINT))
         checkpoint.save_atomic(dict(args=saved_args, backbone_spec=model.backbone_spec, backbone=model.backbone.state_dict()),
@@ -109,14 +140,15 @@ def run(args):
     if log:
         log.print(f"{'resuming' if args.resume else 'run folder'} {folder}" + (f" at step {step}" if args.resume else ""))
     train = model.train_data()
-    batches = TrainBatches(train, args.batch_size, args.seed, device, crops=model.augment.crops,
-                           workers=args.workers, rank=dist.rank(), world_size=dist.world_size())
+    batches = TrainBatches(train, args.batch_size, args.seed, device, crops=model.augment.crops, workers=args.workers,
+                           rank=dist.rank() if shards > 1 else 0, world_size=shards)
     spe = steps_per_epoch(len(train), args.batch_size)
     total = 0 if getattr(args, "eval_only", False) else total_steps(args, len(train))
     stop = StopFlag()
     model.train()
     loss_sum, loss_count, tick, images = torch.zeros((), device=device), 0, time.time(), 0
-    while step < total and stop.signal is None:
+    stopping = False
+    while step < total and not stopping:
         epoch = step // spe
         model.on_epoch_start(epoch)
         bar = tqdm(total=min(spe, total - epoch * spe), initial=step % spe, desc=f"epoch {epoch}",
@@ -125,7 +157,7 @@ def run(args):
             lr = lr_at(step, total, spe, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, logs = train_step(model, optimizer, batch)
+            loss, logs = train_step(net, optimizer, batch, scaler)
             model.after_step(batch, logs)
             step += 1
             loss_sum += loss.detach()
@@ -145,15 +177,17 @@ def run(args):
                 evaluate(step)
                 model.train()
                 tick = time.time()
-            if step % args.save_freq == 0 or step == total or stop.signal is not None:
+            stopping = dist.any_rank(stop.signal is not None, device)  # all ranks stop after the same step
+            if step % args.save_freq == 0 or step == total or stopping:
                 save(step)
-            if step >= total or stop.signal is not None:
+            if step >= total or stopping:
                 break
         bar.close()
-    if stop.signal is not None:
+    if stopping:
+        signum = stop.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
         if log:
-            log.print(f"stopped by signal {stop.signal} at step {step}; continue with: python train.py --resume {folder}")
-        sys.exit(128 + stop.signal)
+            log.print(f"stopped by signal {signum} at step {step}; continue with: python train.py --resume {folder}")
+        sys.exit(128 + signum)
     if step == 0 and not args.resume:
         save(0)
     metrics = evaluate(step)
@@ -165,7 +199,10 @@ def run(args):
 def main(argv=None):
     try:
         args = parse_args(argv, PROBLEMS)
-        return run(args)
+        if args.resume:
+            args = resume_args(args)
+        check_launch(args)
+        return dist.launch(run, args)
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -102,13 +102,16 @@ class TrainBatches:
             yield [c.to(self.device, non_blocking=True) for c in crops], labels.to(self.device), idx.to(self.device)
 
 
-def eval_batches(data, batch_size, device, workers=0, size=224):
-    """(uint8 images, labels) in dataset order, without augmentation."""
+def eval_batches(data, batch_size, device, workers=0, size=224, indices=None):
+    """(uint8 images, labels) of the images `indices` (default: all), in that order, without augmentation."""
+    indices = torch.arange(len(data)) if indices is None else indices
     if isinstance(data, ArrayData):
-        for lo in range(0, len(data), batch_size):
-            yield data.images[lo:lo + batch_size].to(device), data.labels[lo:lo + batch_size].to(device)
+        for lo in range(0, len(indices), batch_size):
+            idx = indices[lo:lo + batch_size].to(data.images.device)
+            yield data.images[idx].to(device), data.labels[idx].to(device)
         return
-    loader = torch.utils.data.DataLoader(_EvalDataset(data, size), batch_size=batch_size, num_workers=workers,
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(_EvalDataset(data, size), indices.tolist()),
+                                         batch_size=batch_size, num_workers=workers,
                                          pin_memory=str(device).startswith("cuda"))
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device)

@@ -11,6 +11,12 @@ from models.knn import extract_features, knn_accuracy
 from utils import config, dist
 
 
+def autocast(args, device):
+    """torch.autocast for the backbone and head under --amp; the losses run outside it, in float32."""
+    dtype = torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=args.amp)
+
+
 def load_data(args, pretrain):
     """train (what the loop iterates), test, and knn_train (the labeled training images for kNN)."""
     train = fixed_subset(load_dataset(args.data, args.data_root, "pretrain" if pretrain else "train"), args.subset, args.seed)
@@ -44,6 +50,9 @@ class Pretrain(nn.Module):
         except ValueError as e:
             raise config.UserError(str(e))
 
+    def autocast(self):
+        return autocast(self.args, self.device)
+
     def train_data(self):
         return self.data.train
 
@@ -55,7 +64,7 @@ class Pretrain(nn.Module):
 
     def evaluate(self):
         """kNN accuracy of the backbone's features, test images against the labeled training images."""
-        train = extract_features(self.backbone, self.data.knn_train, self.device, workers=self.args.workers)
-        test = extract_features(self.backbone, self.data.test, self.device, workers=self.args.workers)
+        train, test = (extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
+                       for d in (self.data.knn_train, self.data.test))
         k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
         return dict(knn_acc1=k1, knn_acc5=k5)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from data.augment import Augment
 from data.datasets import ArrayData
 from models.backbones import build_backbone
-from models.base import load_data
+from models.base import autocast, load_data
 from models.knn import extract_features, knn_accuracy
 from utils import checkpoint, dist
 from utils.config import UserError, str2bool
@@ -83,8 +83,19 @@ class LinearEval(nn.Module):
         self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
                                data.train.channels, colour=False, generator=gen)
         self._features = None
+        # Precomputed features are gathered on every rank, which then trains the same probe on the whole
+        # batch: no DDP, and exactly the single-process result. Augmented features shard the batch under DDP,
+        # and the probe's BatchNorm then needs global statistics.
+        self.replicated = args.precompute_features
+        if args.linear_bn and not self.replicated and dist.world_size() > 1:
+            if device.type == "cpu":
+                raise UserError("--linear_bn with --precompute_features false on several processes needs GPUs (SyncBatchNorm)")
+            self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)
         if args.eval_only:
             self.load_state_dict(saved["model"])
+
+    def autocast(self):
+        return autocast(self.args, self.device)
 
     def train(self, mode=True):
         super().train(mode)
@@ -95,8 +106,8 @@ class LinearEval(nn.Module):
         """Un-augmented (train, test) features and labels, computed once: the encoder never changes."""
         if self._features is None:
             self.backbone.to(self.device)
-            self._features = [extract_features(self.backbone, d, self.device, workers=self.args.workers)
-                              for d in (self.data.train, self.data.test)]
+            self._features = [extract_features(self.backbone, d, self.device, workers=self.args.workers,
+                                               autocast=self.autocast) for d in (self.data.train, self.data.test)]
         return self._features
 
     def train_data(self):
@@ -110,7 +121,7 @@ class LinearEval(nn.Module):
         if self.args.precompute_features:
             feats = x
         else:
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 feats = self.backbone(self.augment(x)[0]).float()
         logits = self.classifier(feats)
         return F.cross_entropy(logits, y), {}

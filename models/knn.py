@@ -1,22 +1,30 @@
 """Frozen-feature extraction and the weighted kNN classifier."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from data.augment import eval_view
 from data.loader import eval_batches
+from utils import dist
 
 
 @torch.no_grad()
-def extract_features(backbone, data, device, batch_size=512, workers=0):
-    """(features, labels) of every image of `data`, in order, un-augmented, backbone in eval mode."""
+def extract_features(backbone, data, device, batch_size=512, workers=0, autocast=contextlib.nullcontext):
+    """(features, labels) of every image of `data`, in order, un-augmented, backbone in eval mode.
+
+    Distributed, rank r embeds images r, r+W, ... and every rank gets all the features.
+    """
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    for x, y in eval_batches(data, batch_size, device, workers):
-        feats.append(backbone(eval_view(x, data.mean, data.std)).float())
+    mine = torch.arange(dist.rank(), len(data), dist.world_size())
+    for x, y in eval_batches(data, batch_size, device, workers, indices=mine):
+        with autocast():
+            feats.append(backbone(eval_view(x, data.mean, data.std)).float())
         labels.append(y)
     backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    return dist.gather_strided(torch.cat(feats), len(data)), dist.gather_strided(torch.cat(labels), len(data))
 
 
 @torch.no_grad()

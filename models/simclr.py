@@ -18,5 +18,7 @@ class SimCLR(Pretrain):
 
     def forward(self, batch):
         x, _, _ = batch
-        z = self.head(multicrop_forward(self.backbone, self.augment(x)))
+        crops = self.augment(x)
+        with self.autocast():
+            z = self.head(multicrop_forward(self.backbone, crops))
         return info_nce_loss(z, self.num_crops, self.args.temperature), {}

@@ -16,6 +16,7 @@ from utils.optim import build_optimizer
 def benchmark(argv, steps=10, warmup=3):
     args = parse_args(argv, train.PROBLEMS)
     device = train.pick_device(args)
+    torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
     Problem = train.PROBLEMS[args.problem]
     data = Problem.load_data(args)
@@ -24,6 +25,7 @@ def benchmark(argv, steps=10, warmup=3):
     data.train.to(device)
     model = Problem(args, data, device).to(device).train()
     optimizer = build_optimizer(model, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
     idx = torch.arange(args.batch_size) % len(data.train)
@@ -33,12 +35,13 @@ def benchmark(argv, steps=10, warmup=3):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.time()
-        train.train_step(model, optimizer, batch)
+        train.train_step(model, optimizer, batch, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.time() - start) / steps
     crops = len(getattr(model.augment, "crops", [None]))
-    print(f"{args.problem} {args.arch} width {args.width} batch {args.batch_size} on {device} "
+    precision = args.amp_dtype if args.amp else "fp32"
+    print(f"{args.problem} {args.arch} width {args.width} batch {args.batch_size} {precision} on {device} "
           f"({torch.get_num_threads()} threads): {seconds:.3f} s/step, {args.batch_size / seconds:.0f} img/s, "
           f"{crops * args.batch_size / seconds:.0f} crops/s")
 

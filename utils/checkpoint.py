@@ -49,9 +49,10 @@ def load_backbone(path):
 
 
 def rng_state(augment_gen):
+    """This process's random streams (each rank saves its own; the checkpoint holds the list)."""
     state = {"torch": torch.get_rng_state(), "augment": augment_gen.get_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
     return state
 
 
@@ -59,4 +60,4 @@ def set_rng_state(state, augment_gen):
     torch.set_rng_state(state["torch"])
     augment_gen.set_state(state["augment"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])

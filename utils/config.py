@@ -62,6 +62,21 @@ def add_common_args(p):
     g.add_argument("--subset", type=int, default=0, help="train on a fixed random subset of this many images (0: all)")
     g.add_argument("--workers", type=int, default=4, help="data loader processes for folder datasets (in-memory data needs none)")
 
+    g = p.add_argument_group("distributed and mixed precision")
+    g.add_argument("--dist", default="none", choices=["none", "ddp"],
+                   help="ddp: spawn --num_proc_per_node processes on this node (under torchrun this flag is not needed)")
+    g.add_argument("--dist_address", default="127.0.0.1:29500", help="host:port of node 0, the same on every node")
+    g.add_argument("--node_rank", type=int, default=0, help="this node's index, 0 .. --world_size - 1")
+    g.add_argument("--world_size", type=int, default=1, help="number of nodes")
+    g.add_argument("--num_proc_per_node", type=int, default=-1, help="processes on this node; -1: one per GPU (1 without GPUs)")
+    g.add_argument("--dist_timeout", type=float, default=1800,
+                   help="seconds a collective may wait for another rank before this one gives up and exits")
+    g.add_argument("--sync_bn", type=str2bool, default=False, help="convert every BatchNorm to SyncBatchNorm (needs GPUs)")
+    g.add_argument("--sync_bn_group_size", type=int, default=-1,
+                   help="SyncBatchNorm group: -1 the processes of one node, 0 all processes, G groups of G consecutive ranks")
+    g.add_argument("--amp", type=str2bool, default=False, help="mixed precision: torch.autocast for the backbone and head")
+    g.add_argument("--amp_dtype", default="bf16", choices=["bf16", "fp16"], help="autocast dtype; fp16 adds a GradScaler")
+
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=256, help="global batch size in images, over all processes")
     g.add_argument("--epochs", type=float, default=100, help="length of training in epochs")

@@ -1,6 +1,24 @@
-"""Process-group helpers that also work in a plain single process."""
+"""Process groups: launching, the gradient-carrying gather, SyncBatchNorm groups. Every helper also works in one plain process.
+
+Two ways to start W processes:
+- per node, `python train.py --dist ddp --dist_address host:port --node_rank i --world_size <nodes>`
+  spawns `--num_proc_per_node` processes here; global rank = node_rank * procs_per_node + local rank;
+- `torchrun` (or anything that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+NCCL on GPUs, gloo on CPU.
+"""
+import datetime
+import os
+import re
+import signal
+import sys
+
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from utils.config import UserError
+
+LOST_GROUP = 3  # exit code of a rank whose peers died or stopped answering
 
 
 def is_on():
@@ -22,6 +40,97 @@ def is_main():
 def barrier():
     if is_on():
         dist.barrier()
+
+
+def under_torchrun():
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def procs_per_node(args):
+    """Processes on this node: torchrun's LOCAL_WORLD_SIZE, else --num_proc_per_node (-1: one per GPU, else 1)."""
+    if under_torchrun():
+        return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if args.dist == "none":
+        return 1
+    return args.num_proc_per_node if args.num_proc_per_node > 0 else max(1, torch.cuda.device_count())
+
+
+def total_procs(args):
+    if under_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    return 1 if args.dist == "none" else args.world_size * procs_per_node(args)
+
+
+def launch(fn, args):
+    """Run fn(args) in every process of this node, each with its process group and device set; a plain call when not distributed."""
+    if under_torchrun():
+        local = int(os.environ["LOCAL_RANK"])
+        _setup(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local, procs_per_node(args), "env://")
+        try:
+            return fn(args)
+        finally:
+            dist.destroy_process_group()
+    if args.dist == "none":
+        return fn(args)
+    if not 0 <= args.node_rank < args.world_size:
+        raise UserError(f"--node_rank {args.node_rank} must be in [0, --world_size {args.world_size})")
+    if ":" not in args.dist_address:
+        raise UserError(f"--dist_address {args.dist_address!r} must be host:port")
+    nprocs = procs_per_node(args)
+    if args.device and args.device.startswith("cuda") and nprocs > torch.cuda.device_count():
+        raise UserError(f"--num_proc_per_node {nprocs} is more than the {torch.cuda.device_count()} GPUs here")
+    # Ctrl-C reaches the workers from the terminal and they stop together; SIGTERM sent to this launcher is passed on.
+    ctx = mp.start_processes(_worker, args=(fn, args, nprocs), nprocs=nprocs, join=False, start_method="spawn")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in ctx.pids()])
+    try:
+        while not ctx.join():
+            pass
+    except mp.ProcessExitedException as e:
+        failed = args.node_rank * nprocs + e.error_index
+        how = f"signal {e.signal_name}" if e.exit_code < 0 else f"exit code {e.exit_code}"
+        if e.exit_code not in (2, LOST_GROUP, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # those printed their own reason
+            print(f"train.py: error: rank {failed} failed ({how}); the other processes of node {args.node_rank} were stopped",
+                  file=sys.stderr)
+        sys.exit(e.exit_code if e.exit_code > 0 else 1)
+    except mp.ProcessRaisedException as e:
+        failed = args.node_rank * nprocs + e.error_index
+        print(f"{e}\ntrain.py: error: rank {failed} failed (above); the other processes of node {args.node_rank} were stopped",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def _worker(local_rank, fn, args, nprocs):
+    rank = args.node_rank * nprocs + local_rank
+    try:
+        _setup(args, rank, args.world_size * nprocs, local_rank, nprocs, f"tcp://{args.dist_address}")
+        fn(args)
+    except UserError as e:
+        if local_rank == 0:  # the same mistake on every rank: say it once per node
+            print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:  # gloo and NCCL report a dead or hung peer as a RuntimeError (DistBackendError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, dist.DistBackendError) and not re.search(r"gloo|nccl|connection|timed? ?out", first, re.I):
+            raise
+        print(f"train.py: error: rank {rank} lost the process group (another rank died or hangs): {first[:300]}",
+              file=sys.stderr)
+        sys.exit(LOST_GROUP)
+    finally:
+        if is_on():
+            dist.destroy_process_group()
+
+
+def _setup(args, rank, world, local_rank, local_procs, init_method):
+    cuda = torch.cuda.is_available() and not (args.device or "").startswith("cpu")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        args.device = f"cuda:{local_rank}"
+    else:
+        args.device = "cpu"
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))  # no oversubscription of the cores
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=args.dist_timeout))
 
 
 class _Gather(torch.autograd.Function):
@@ -48,9 +157,67 @@ def gather(x):
     return _Gather.apply(x.contiguous())
 
 
+@torch.no_grad()
+def gather_strided(x, total):
+    """Rank r holds rows r, r+W, r+2W... of a `total`-row tensor; every rank gets all of it, in order."""
+    if world_size() == 1:
+        return x
+    w, per_rank = world_size(), -(-total // world_size())
+    padded = torch.zeros((per_rank,) + x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(parts, padded)
+    return torch.stack(parts, 1).flatten(0, 1)[:total]  # row j*W + r is rank r's j-th row
+
+
 def all_reduce_mean(x):
     if world_size() > 1:
         x = x.clone()
         dist.all_reduce(x)
         x /= world_size()
     return x
+
+
+def any_rank(flag, device):
+    """True on every rank when `flag` is true on any: ranks decide together to stop."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def all_gather_object(obj):
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_bn_groups(world, group_size, per_node):
+    """The rank lists SyncBatchNorm synchronises over: -1 one group per node, 0 one global group, G consecutive ranks."""
+    size = {-1: per_node, 0: world}.get(group_size, group_size)
+    if size <= 0 or world % size:
+        raise UserError(f"--sync_bn_group_size {group_size} gives groups of {size}, which do not divide the {world} processes")
+    return [list(range(lo, lo + size)) for lo in range(0, world, size)]
+
+
+def convert_sync_bn(module, group_size, per_node):
+    """Every BatchNorm of `module` becomes torch.nn.SyncBatchNorm over this rank's group."""
+    groups = sync_bn_groups(world_size(), group_size, per_node)
+    mine = None
+    for ranks in groups:  # every rank must create every group, in the same order
+        group = dist.new_group(ranks) if len(groups) > 1 else None
+        if rank() in ranks:
+            mine = group
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group=mine)

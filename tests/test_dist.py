@@ -1,0 +1,190 @@
+"""Several processes on CPU (gloo): exact gradients through the gather, the launchers, resume, failure, and --amp."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from conftest import ROOT, TINY
+from models.losses import info_nce_loss
+from utils import dist
+from utils.config import UserError
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8)).double()
+
+
+def crops_of(x, lo, hi):
+    """Crop-major rows of images lo..hi-1 of x (C, N, d)."""
+    return x[:, lo:hi].reshape(-1, x.shape[-1])
+
+
+def _gather_worker(rank, world, init, x, temperature, out):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    net = nn.parallel.DistributedDataParallel(mlp())
+    n = x.shape[1] // world
+    info_nce_loss(net(crops_of(x, rank * n, (rank + 1) * n)), x.shape[0], temperature).backward()
+    rows = torch.arange(7.0)[rank::world, None] * torch.ones(3)  # 7 rows strided over the ranks
+    gathered = dist.gather_strided(rows, 7)
+    if rank == 0:
+        torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered), out)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("num_crops,temperature", [(2, 0.5), (6, 0.1)])
+def test_two_processes_give_the_gradient_of_one_process_on_the_whole_batch(tmp_path, num_crops, temperature):
+    torch.manual_seed(1)
+    x = torch.randn(num_crops, 8, 6, dtype=torch.float64)  # 8 images, each rank gets 4 different ones
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_gather_worker, args=(2, f"file://{tmp_path}/init", x, temperature, out), nprocs=2)
+    net = mlp()
+    info_nce_loss(net(crops_of(x, 0, 8)), num_crops, temperature).backward()
+    two = torch.load(out)
+    for p, g in zip(net.parameters(), two["grads"]):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(two["gathered"][:, 0], torch.arange(7.0))  # rank r held rows r, r+2, ...: back in order
+
+
+def test_sync_bn_groups_per_node_global_and_fixed_size():
+    assert dist.sync_bn_groups(8, -1, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert dist.sync_bn_groups(8, 0, 4) == [list(range(8))]
+    assert dist.sync_bn_groups(8, 2, 4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    with pytest.raises(UserError, match="do not divide"):
+        dist.sync_bn_groups(8, 3, 4)
+
+
+def free_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def cli(args, **kw):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+PRETRAIN = ["--problem", "simclr", "--iters", "4", "--log_freq", "2", "--knn_k", "20"] + TINY
+
+
+def checkpoint_of(root):
+    folders = list((root / "runs").iterdir())
+    assert len(folders) == 1, folders  # one run folder, however many processes
+    return str(folders[0]), torch.load(folders[0] / "checkpoint.pth.tar", weights_only=True)
+
+
+def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
+    root = tmp_path / "logs"
+    launch = ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()]
+    proc = cli(PRETRAIN + launch + ["--root", str(root)])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    folder, ckpt = checkpoint_of(root)
+    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2  # each rank's random streams
+    assert not torch.equal(ckpt["rng"][0]["augment"], ckpt["rng"][1]["augment"])
+    proc = cli(["--resume", folder, "--iters", "6"] + launch)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _, ckpt = checkpoint_of(root)
+    assert ckpt["step"] == 6
+    assert pd.read_csv(os.path.join(folder, "logs.csv"))["iter"].tolist() == [2, 4, 6]
+
+
+def two_nodes(args, address):
+    return [cli(args + ["--dist", "ddp", "--num_proc_per_node", "1", "--world_size", "2", "--node_rank", str(i),
+                        "--dist_address", address], start_new_session=True) for i in (0, 1)]
+
+
+def test_two_node_launches_make_one_run(tmp_path):
+    root = tmp_path / "logs"
+    nodes = two_nodes(PRETRAIN + ["--root", str(root)], free_address())
+    for node in nodes:
+        out, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err
+    _, ckpt = checkpoint_of(root)
+    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
+
+
+def wait_for_rows(root, rows, procs, limit=240):
+    start = time.time()
+    while time.time() - start < limit and all(p.poll() is None for p in procs):
+        csvs = list(root.glob("runs/*/logs.csv"))
+        if csvs and len(pd.read_csv(csvs[0])) >= rows:
+            return
+        time.sleep(0.2)
+    raise AssertionError("training did not get going: " + "".join(p.stderr.read() for p in procs if p.poll() is not None))
+
+
+def test_a_killed_node_ends_the_other_within_the_timeout(tmp_path):
+    root = tmp_path / "logs"
+    nodes = two_nodes(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--save_freq", "1", "--dist_timeout", "60",
+                                  "--root", str(root)], free_address())
+    wait_for_rows(root, 2, nodes)
+    os.killpg(nodes[1].pid, signal.SIGKILL)  # node 1 and its worker die at once
+    killed = time.time()
+    out, err = nodes[0].communicate(timeout=120)
+    assert nodes[0].returncode == dist.LOST_GROUP and time.time() - killed < 90
+    assert "train.py: error: rank 0 lost the process group (another rank died or hangs)" in err, err
+    _, ckpt = checkpoint_of(root)  # the last good checkpoint still loads
+    assert ckpt["step"] >= 2
+
+
+def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
+    root = tmp_path / "logs"
+    proc = cli(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
+                           "--dist_address", free_address(), "--root", str(root)])
+    wait_for_rows(root, 2, [proc])
+    workers = [int(p) for p in subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "multiprocessing.spawn"],
+                                              capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert re.search(r"train.py: error: rank [01] failed \(signal SIGKILL\)", err), err
+
+
+def test_batch_that_does_not_divide_by_the_processes_is_refused(tmp_path):
+    proc = cli(PRETRAIN + ["--batch_size", "63", "--dist", "ddp", "--num_proc_per_node", "2",
+                           "--dist_address", free_address(), "--root", str(tmp_path)])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert [line for line in err.splitlines() if "error" in line] == [
+        "train.py: error: --batch_size 63 must divide by the number of processes (2)"]
+    assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
+
+
+def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
+    args = ["--problem", "eval", "--encoder_ckpt", runs["pre"], "--subset", "512", "--epochs", "10", "--batch_size", "128",
+            "--linear_bn", "true", "--knn_k", "20"]
+    one = cli(args + ["--root", str(tmp_path / "one")])
+    out1, err = one.communicate(timeout=300)
+    assert one.returncode == 0, err
+    two = cli(args + ["--root", str(tmp_path / "two"), "--dist", "ddp", "--num_proc_per_node", "2",
+                      "--dist_address", free_address()])
+    out2, err = two.communicate(timeout=300)
+    assert two.returncode == 0, err
+    done = [re.search(r"^done eval .*$", out, re.M).group(0).split(" ", 3)[-1] for out in (out1, out2)]
+    assert done[0] == done[1]  # test_acc1, test_acc5, knn_acc1, knn_acc5 all equal
+
+
+def test_amp_bf16_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
+    args = ["--problem", "simclr", "--iters", "24", "--log_freq", "4", "--amp", "true", "--amp_dtype", "bf16",
+            "--knn_k", "20", "--root", str(tmp_path)] + TINY[:-4] + ["--opt", "adamw", "--lr", "2e-3", "--workers", "0"]
+    proc = cli(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    logs = pd.read_csv(next(tmp_path.glob("runs/*/logs.csv")))
+    loss = logs["train_loss"]
+    assert loss.notna().all() and (loss < 1e3).all()
+    assert loss.iloc[-2:].mean() < loss.iloc[:2].mean() - 0.05
