@@ -68,6 +68,8 @@ def train_step(model, optimizer, batch, scaler):
 def check_launch(args):
     """The mistakes of a distributed launch that can be reported once, before any process starts."""
     procs = dist.total_procs(args)
+    if args.batch_size % procs and not PROBLEMS[args.problem].replicated(args):
+        raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({procs})")
     if args.sync_bn and procs > 1:
         if pick_device(args).type == "cpu":
             raise UserError("--sync_bn needs GPUs: torch.nn.SyncBatchNorm has no CPU kernel")
@@ -76,7 +78,7 @@ def check_launch(args):
 
 def distribute(model, args, device):
     """SyncBatchNorm and DistributedDataParallel around `model`; the model itself when it trains replicated or alone."""
-    if dist.world_size() == 1 or getattr(model, "replicated", False):
+    if dist.world_size() == 1 or model.replicated(args):
         return model
     if args.sync_bn:
         dist.convert_sync_bn(model, args.sync_bn_group_size, dist.procs_per_node(args))
@@ -93,9 +95,7 @@ def run(args):
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = Problem(args, data, device).to(device)
     torch.manual_seed(args.seed * 1000 + dist.rank())
-    shards = 1 if getattr(model, "replicated", False) else dist.world_size()
-    if args.batch_size % shards:
-        raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({shards})")
+    shards = 1 if Problem.replicated(args) else dist.world_size()  # processes that split each batch
     if args.batch_size > len(model.train_data()):
         raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
     net = distribute(model, args, device)
@@ -121,14 +121,14 @@ def run(args):
 
     def save(step):
         rng = dist.all_gather_object(checkpoint.rng_state(model.augment.gen))  # every rank's streams
-        if not dist.is_main():
-            return
-        state = dict(args=saved_args, step=step, epoch=step // spe, model=model.state_dict(),
-                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng,
-                     backbone_spec=model.backbone_spec)
-        checkpoint.save_atomic(state, os.path.join(folder, checkpoint.CHECKPOINT))
-        checkpoint.save_atomic(dict(args=saved_args, backbone_spec=model.backbone_spec, backbone=model.backbone.state_dict()),
-                               os.path.join(folder, checkpoint.BACKBONE))
+        if dist.is_main():
+            state = dict(args=saved_args, step=step, epoch=step // spe, model=model.state_dict(),
+                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng,
+                         backbone_spec=model.backbone_spec)
+            checkpoint.save_atomic(state, os.path.join(folder, checkpoint.CHECKPOINT))
+            checkpoint.save_atomic(dict(args=saved_args, backbone_spec=model.backbone_spec,
+                                        backbone=model.backbone.state_dict()), os.path.join(folder, checkpoint.BACKBONE))
+        dist.barrier()  # no rank exits (and gets its peers stopped) while rank 0 writes
 
     def evaluate(step):
         metrics = model.evaluate()

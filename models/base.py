@@ -39,6 +39,11 @@ class Pretrain(nn.Module):
     def load_data(args):
         return load_data(args, pretrain=True)
 
+    @staticmethod
+    def replicated(args):
+        """False: under DDP every rank trains on its part of each global batch."""
+        return False
+
     def __init__(self, args, data, device):
         super().__init__()
         self.args, self.data, self.device = args, data, device

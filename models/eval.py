@@ -35,6 +35,12 @@ class LinearEval(nn.Module):
         p.set_defaults(opt="sgd", lr=0.1, epochs=100, weight_decay=0.0)  # SGD momentum 0.9 + cosine, METHODS.md
 
     @staticmethod
+    def replicated(args):
+        """Precomputed features are gathered on every rank, which then trains the same probe on the whole batch:
+        no DDP, and exactly the single-process result. Augmented features split each batch over the ranks (DDP)."""
+        return args.precompute_features
+
+    @staticmethod
     def load_data(args):
         """The data flags default to those the encoder was pretrained with."""
         if args.eval_only:
@@ -83,11 +89,7 @@ class LinearEval(nn.Module):
         self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
                                data.train.channels, colour=False, generator=gen)
         self._features = None
-        # Precomputed features are gathered on every rank, which then trains the same probe on the whole
-        # batch: no DDP, and exactly the single-process result. Augmented features shard the batch under DDP,
-        # and the probe's BatchNorm then needs global statistics.
-        self.replicated = args.precompute_features
-        if args.linear_bn and not self.replicated and dist.world_size() > 1:
+        if args.linear_bn and not self.replicated(args) and dist.world_size() > 1:  # global BatchNorm statistics
             if device.type == "cpu":
                 raise UserError("--linear_bn with --precompute_features false on several processes needs GPUs (SyncBatchNorm)")
             self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)

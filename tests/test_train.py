@@ -121,6 +121,12 @@ BAD = {
     "not a checkpoint": (lambda d: ["--problem", "eval", "--encoder_ckpt", write_yaml(d / "x.pth", {"a": 1})],
                          "is not a checkpoint"),
     "resume nothing": (lambda d: ["--resume", str(d)], "no checkpoint at"),
+    "batch not split evenly": (lambda d: ["--dist", "ddp", "--num_proc_per_node", "2", "--batch_size", "63"],
+                               "--batch_size 63 must divide by the number of processes (2)"),
+    "sync_bn on cpu": (lambda d: ["--dist", "ddp", "--num_proc_per_node", "2", "--sync_bn", "true", "--device", "cpu"],
+                       "--sync_bn needs GPUs"),
+    "node rank": (lambda d: ["--dist", "ddp", "--world_size", "2", "--node_rank", "2"], "--node_rank 2 must be in"),
+    "address": (lambda d: ["--dist", "ddp", "--dist_address", "localhost"], "must be host:port"),
 }
 
 

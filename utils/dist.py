@@ -84,7 +84,7 @@ def launch(fn, args):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in ctx.pids()])
     try:
-        while not ctx.join():
+        while not ctx.join(grace_period=30):  # after a failure, the others get 30 s to stop on their own
             pass
     except mp.ProcessExitedException as e:
         failed = args.node_rank * nprocs + e.error_index
