@@ -186,7 +186,8 @@ def run(args):
     if stopping:
         signum = stop.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
         if log:
-            log.print(f"stopped by signal {signum} at step {step}; continue with: python train.py --resume {folder}")
+            again = " and the same launch flags (--dist ddp ..., or under torchrun)" if dist.world_size() > 1 else ""
+            log.print(f"stopped by signal {signum} at step {step}; continue with: python train.py --resume {folder}{again}")
         sys.exit(128 + signum)
     if step == 0 and not args.resume:
         save(0)

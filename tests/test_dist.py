@@ -169,6 +169,19 @@ def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
     assert re.search(r"train.py: error: rank [01] failed \(signal SIGKILL\)", err), err
 
 
+def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
+    root = tmp_path / "logs"
+    proc = cli(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
+                           "--dist_address", free_address(), "--root", str(root)], start_new_session=True)
+    wait_for_rows(root, 2, [proc])
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher and both workers
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    folder, ckpt = checkpoint_of(root)
+    assert f"stopped by signal 2 at step {ckpt['step']}; continue with: python train.py --resume {folder}" in out
+    assert len(ckpt["rng"]) == 2
+
+
 def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
     args = ["--problem", "eval", "--encoder_ckpt", runs["pre"], "--subset", "512", "--epochs", "10", "--batch_size", "128",
             "--linear_bn", "true", "--knn_k", "20"]
