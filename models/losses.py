@@ -27,3 +27,52 @@ def info_nce_loss(z, num_crops, temperature):
     terms = torch.logaddexp(positives, negatives) - positives
     other = torch.arange(num_crops, device=z.device)[None] != crop[:, None]
     return terms[other].mean()
+
+
+@torch.no_grad()
+def sinkhorn(scores, epsilon=0.05, num_iters=3):
+    """SwAV's equal-partition codes: scores (B, K) of this rank's rows -> codes (B, K), every row summing to 1.
+
+    Q = exp(scores / epsilon), then `num_iters` rounds of: rows of Q^T (prototypes) scaled to sum 1/K
+    over the rows of all ranks, columns (samples) scaled to sum 1/B_total. Sums over samples are
+    all-reduced, so W ranks give the codes one process would give on all their rows. Half precision
+    is promoted to float32; float64 stays float64.
+    """
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    top = scores.max()
+    if dist.world_size() > 1:
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    q = torch.exp((scores - top) / epsilon).T  # (K, B); the global max cancels in the normalisations
+    num_prototypes, batch = q.shape
+    total_batch = batch * dist.world_size()
+    q /= dist.all_reduce_sum(q.sum())
+    for _ in range(num_iters):
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= total_batch
+    return (q * total_batch).T
+
+
+def swav_loss(scores, num_crops, crops_for_assign, temperature=0.1, epsilon=0.05, num_iters=3, queue_scores=None,
+              hard=False):
+    """SwAV's swapped prediction for one prototype head; scores (C*n, K) crop-major.
+
+    For each crop a in `crops_for_assign`: codes q_a = sinkhorn of its scores (with `queue_scores[j]`,
+    the j-th assigned crop's queue scores, prepended when given; only the last n rows are kept; one-hot
+    of the row argmax when `hard`), and for every other crop p the cross-entropy
+    -sum_k q_a[i, k] log softmax(scores_p[i] / T)[k], averaged over i and over p; then the mean over a.
+    """
+    n = scores.shape[0] // num_crops
+    log_probs = F.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature, dim=1)
+    total = 0.0
+    for j, a in enumerate(crops_for_assign):
+        assign = scores[a * n:(a + 1) * n].detach()
+        if queue_scores is not None and queue_scores[j] is not None:
+            assign = torch.cat([queue_scores[j].to(assign.dtype), assign])
+        q = sinkhorn(assign, epsilon, num_iters)[-n:]
+        if hard:
+            q = F.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
+        others = [p for p in range(num_crops) if p != a]
+        total = total + sum(-(q * log_probs[p * n:(p + 1) * n]).sum(dim=1).mean() for p in others) / len(others)
+    return total / len(crops_for_assign)

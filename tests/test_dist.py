@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from conftest import ROOT, TINY
-from models.losses import info_nce_loss
+from models.losses import info_nce_loss, sinkhorn
 from utils import dist
 from utils.config import UserError
 
@@ -37,13 +37,15 @@ def _gather_worker(rank, world, init, x, temperature, out):
     info_nce_loss(net(crops_of(x, rank * n, (rank + 1) * n)), x.shape[0], temperature).backward()
     rows = torch.arange(7.0)[rank::world, None] * torch.ones(3)  # 7 rows strided over the ranks
     gathered = dist.gather_strided(rows, 7)
+    scores = torch.randn(2 * 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    codes = dist.gather(sinkhorn(scores[rank * 9:(rank + 1) * 9], 0.05, 3))  # each rank its 9 rows
     if rank == 0:
-        torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered), out)
+        torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered, codes=codes), out)
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("num_crops,temperature", [(2, 0.5), (6, 0.1)])
-def test_two_processes_give_the_gradient_of_one_process_on_the_whole_batch(tmp_path, num_crops, temperature):
+def test_two_processes_give_the_gradients_and_sinkhorn_codes_of_one_process_on_the_whole_batch(tmp_path, num_crops, temperature):
     torch.manual_seed(1)
     x = torch.randn(num_crops, 8, 6, dtype=torch.float64)  # 8 images, each rank gets 4 different ones
     out = str(tmp_path / "grads.pt")
@@ -54,6 +56,8 @@ def test_two_processes_give_the_gradient_of_one_process_on_the_whole_batch(tmp_p
     for p, g in zip(net.parameters(), two["grads"]):
         torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
     assert torch.equal(two["gathered"][:, 0], torch.arange(7.0))  # rank r held rows r, r+2, ...: back in order
+    scores = torch.randn(2 * 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(two["codes"], sinkhorn(scores, 0.05, 3), rtol=1e-12, atol=1e-15)  # = one process
 
 
 def test_sync_bn_groups_per_node_global_and_fixed_size():

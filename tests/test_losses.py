@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import info_nce_loss
+from models.losses import info_nce_loss, sinkhorn, swav_loss
 
 
 def plain_info_nce(z, num_crops, temperature):
@@ -52,3 +52,70 @@ def test_info_nce_half_precision_input_computes_in_float32():
     loss = info_nce_loss(z.bfloat16(), 2, 0.1)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(info_nce_loss(z.bfloat16().float(), 2, 0.1).item(), rel=1e-6)
+
+
+def plain_sinkhorn(scores, epsilon, num_iters):
+    """Sinkhorn-Knopp as matrix scaling: Q = diag(u) P diag(v), rows of P^T to 1/K, columns to 1/B, then x B."""
+    p = torch.exp(scores.double() / epsilon).T  # (K, B)
+    k, b = p.shape
+    u, v = torch.ones(k, dtype=torch.float64), torch.ones(b, dtype=torch.float64)
+    for _ in range(num_iters):
+        u = (1 / k) / (p @ v)
+        v = (1 / b) / (p.T @ u)
+    return (b * u[:, None] * p * v[None, :]).T
+
+
+@pytest.mark.parametrize("batch,prototypes", [(8, 5), (32, 100), (5, 40)])
+@pytest.mark.parametrize("epsilon", [0.03, 0.05, 0.5])
+@pytest.mark.parametrize("num_iters", [1, 3, 10])
+def test_sinkhorn_matches_matrix_scaling_and_rows_sum_to_one(batch, prototypes, epsilon, num_iters):
+    scores = F.normalize(torch.randn(batch, prototypes, dtype=torch.float64, generator=torch.Generator().manual_seed(batch)), dim=1)
+    q = sinkhorn(scores, epsilon, num_iters)
+    torch.testing.assert_close(q, plain_sinkhorn(scores, epsilon, num_iters), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(batch, dtype=torch.float64))
+    if num_iters == 10 and epsilon == 0.5:  # smooth enough to converge in 10 rounds: every prototype gets B/K
+        torch.testing.assert_close(q.sum(dim=0), torch.full((prototypes,), batch / prototypes, dtype=torch.float64),
+                                   rtol=2e-2, atol=0)
+
+
+def plain_swav(scores, num_crops, crops_for_assign, temperature, epsilon, num_iters, queue=None):
+    """The swapped prediction written with explicit loops over crops, images and prototypes."""
+    n, k = scores.shape[0] // num_crops, scores.shape[1]
+    s = scores.double().tolist()
+    losses = []
+    for j, a in enumerate(crops_for_assign):
+        rows = scores[a * n:(a + 1) * n].double()
+        if queue is not None:
+            rows = torch.cat([queue[j].double(), rows])
+        q = plain_sinkhorn(rows, epsilon, num_iters)[-n:].tolist()
+        per_crop = []
+        for p in range(num_crops):
+            if p == a:
+                continue
+            total = 0.0
+            for i in range(n):
+                row = [x / temperature for x in s[p * n + i]]
+                log_z = math.log(sum(math.exp(x) for x in row))
+                total -= sum(q[i][c] * (row[c] - log_z) for c in range(k))
+            per_crop.append(total / n)
+        losses.append(sum(per_crop) / len(per_crop))
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("num_crops,crops_for_assign", [(2, [0, 1]), (6, [0, 1]), (3, [0])])
+@pytest.mark.parametrize("temperature,epsilon", [(0.1, 0.05), (0.5, 0.03)])
+def test_swav_loss_matches_plain_implementation(num_crops, crops_for_assign, temperature, epsilon):
+    g = torch.Generator().manual_seed(num_crops)
+    scores = F.normalize(torch.randn(num_crops * 6, 12, dtype=torch.float64, generator=g), dim=1)
+    got = swav_loss(scores, num_crops, crops_for_assign, temperature, epsilon, 3).item()
+    assert got == pytest.approx(plain_swav(scores, num_crops, crops_for_assign, temperature, epsilon, 3), rel=1e-10)
+    queue = [F.normalize(torch.randn(10, 12, dtype=torch.float64, generator=g), dim=1) for _ in crops_for_assign]
+    got = swav_loss(scores, num_crops, crops_for_assign, temperature, epsilon, 3, queue_scores=queue).item()
+    assert got == pytest.approx(plain_swav(scores, num_crops, crops_for_assign, temperature, epsilon, 3, queue), rel=1e-10)
+
+
+def test_swav_codes_carry_no_gradient():
+    scores = torch.randn(2 * 4, 6, dtype=torch.float64, requires_grad=True)
+    swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3).backward()
+    # d loss / d scores is only through the log-softmax: each crop's row gradients sum to zero
+    torch.testing.assert_close(scores.grad.sum(dim=1), torch.zeros(8, dtype=torch.float64), atol=1e-12, rtol=0)

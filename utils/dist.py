@@ -178,6 +178,13 @@ def all_reduce_mean(x):
     return x
 
 
+def all_reduce_sum(x):
+    if world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
 def any_rank(flag, device):
     """True on every rank when `flag` is true on any: ranks decide together to stop."""
     if world_size() == 1:
