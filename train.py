@@ -13,14 +13,16 @@ import torch
 from tqdm import tqdm
 
 from data.loader import TrainBatches, steps_per_epoch, total_steps
+from models.base import NonFinite
 from models.eval import LinearEval
 from models.simclr import SimCLR
+from models.swav import SwAV
 from utils import checkpoint, dist
 from utils.config import UserError, parse_args
 from utils.optim import build_optimizer, lr_at
 from utils.runlog import RunLog, create_run_folder
 
-PROBLEMS = {"simclr": SimCLR, "eval": LinearEval}
+PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "eval": LinearEval}
 LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device")
 
 
@@ -60,6 +62,7 @@ def train_step(model, optimizer, batch, scaler):
     loss, logs = model(batch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    getattr(model, "module", model).after_backward()  # the problem itself, inside DDP or not
     scaler.step(optimizer)
     scaler.update()
     return loss, logs
@@ -111,6 +114,7 @@ def run(args):
         states = ckpt["rng"]
         if len(states) == dist.world_size():
             checkpoint.set_rng_state(states[dist.rank()], model.augment.gen)
+            model.load_rank_state(ckpt["rank_state"][dist.rank()])
         else:  # another number of processes: fresh streams, still distinct per rank and per resume point
             model.augment.gen.manual_seed((args.seed * 1000 + dist.rank()) * 1000003 + step)
         folder = os.path.dirname(args.resume)
@@ -120,10 +124,11 @@ def run(args):
     saved_args = {k: v for k, v in vars(args).items() if k not in ("explicit", "given")}
 
     def save(step):
-        rng = dist.all_gather_object(checkpoint.rng_state(model.augment.gen))  # every rank's streams
+        per_rank = dist.all_gather_object((checkpoint.rng_state(model.augment.gen), model.rank_state()))
         if dist.is_main():
             state = dict(args=saved_args, step=step, epoch=step // spe, model=model.state_dict(),
-                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng,
+                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                         rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank],
                          backbone_spec=model.backbone_spec)
             checkpoint.save_atomic(state, os.path.join(folder, checkpoint.CHECKPOINT))
             checkpoint.save_atomic(dict(args=saved_args, backbone_spec=model.backbone_spec,
@@ -157,7 +162,15 @@ def run(args):
             lr = lr_at(step, total, spe, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, logs = train_step(net, optimizer, batch, scaler)
+            model.step = step
+            try:
+                loss, logs = train_step(net, optimizer, batch, scaler)
+            except NonFinite as e:
+                dump = os.path.join(folder, f"nonfinite_step{step}_rank{dist.rank()}.pt")
+                torch.save(e.tensors, dump)
+                print(f"train.py: error: {e}; that step's tensors are in {dump}; the checkpoint of the last saved step is "
+                      f"untouched", file=sys.stderr)
+                sys.exit(1)
             model.after_step(batch, logs)
             step += 1
             loss_sum += loss.detach()

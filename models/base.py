@@ -27,7 +27,42 @@ def load_data(args, pretrain):
     return types.SimpleNamespace(train=train, test=test, knn_train=knn_train)
 
 
-class Pretrain(nn.Module):
+class NonFinite(Exception):
+    """A step's loss or codes are not finite: `tensors` are written to the run folder before training stops."""
+
+    def __init__(self, message, tensors):
+        super().__init__(message)
+        self.tensors = tensors
+
+
+class Problem(nn.Module):
+    """What the loop calls besides `forward(batch) -> (loss, logs)` and `evaluate()`; all optional."""
+
+    step = 0  # the optimiser step being taken, set by the loop before each forward
+
+    @staticmethod
+    def replicated(args):
+        """False: under DDP every rank trains on its part of each global batch."""
+        return False
+
+    def on_epoch_start(self, epoch):
+        """Hook: start of every epoch (DeepCluster-v2 clusters here; SwAV switches its queue on)."""
+
+    def after_backward(self):
+        """Hook: gradients are ready, the optimiser has not stepped (SwAV drops frozen prototypes' gradients)."""
+
+    def after_step(self, batch, logs):
+        """Hook: after every optimiser step (memory banks and queues are updated here)."""
+
+    def rank_state(self):
+        """This rank's own state (a queue, say): the checkpoint keeps every rank's."""
+        return {}
+
+    def load_rank_state(self, state):
+        pass
+
+
+class Pretrain(Problem):
     """Backbone + augmentation. A method subclasses it, adds its head and defines `forward(batch) -> (loss, logs)`."""
 
     @staticmethod
@@ -38,11 +73,6 @@ class Pretrain(nn.Module):
     @staticmethod
     def load_data(args):
         return load_data(args, pretrain=True)
-
-    @staticmethod
-    def replicated(args):
-        """False: under DDP every rank trains on its part of each global batch."""
-        return False
 
     def __init__(self, args, data, device):
         super().__init__()
@@ -60,12 +90,6 @@ class Pretrain(nn.Module):
 
     def train_data(self):
         return self.data.train
-
-    def on_epoch_start(self, epoch):
-        """Hook: start of every epoch (DeepCluster-v2 clusters here)."""
-
-    def after_step(self, batch, logs):
-        """Hook: after every optimiser step (memory banks are updated here)."""
 
     def evaluate(self):
         """kNN accuracy of the backbone's features, test images against the labeled training images."""

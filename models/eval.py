@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from data.augment import Augment
 from data.datasets import ArrayData
 from models.backbones import build_backbone
-from models.base import autocast, load_data
+from models.base import Problem, autocast, load_data
 from models.knn import extract_features, knn_accuracy
 from utils import checkpoint, dist
 from utils.config import UserError, str2bool
@@ -19,7 +19,7 @@ class FeatureData(ArrayData):
         self.name, self.images, self.labels, self.num_classes = "features", features, labels, num_classes
 
 
-class LinearEval(nn.Module):
+class LinearEval(Problem):
     @staticmethod
     def add_args(p):
         g = p.add_argument_group("linear evaluation")
@@ -127,12 +127,6 @@ class LinearEval(nn.Module):
                 feats = self.backbone(self.augment(x)[0]).float()
         logits = self.classifier(feats)
         return F.cross_entropy(logits, y), {}
-
-    def on_epoch_start(self, epoch):
-        pass
-
-    def after_step(self, batch, logs):
-        pass
 
     @torch.no_grad()
     def evaluate(self):

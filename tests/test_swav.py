@@ -1,0 +1,64 @@
+"""SwAV end to end on a Fashion-MNIST subset: the loss falls, the queue switches on and survives a resume, NaN stops cleanly."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import torch
+
+from conftest import ROOT, TINY
+
+SWAV = ["--problem", "swav", "--num_prototypes", "30", "--queue_length", "128", "--epoch_queue_starts", "1",
+        "--freeze_prototypes_niters", "4", "--head_hidden_dims", "64", "--knn_k", "20", "--log_freq", "4",
+        "--lr_schedule", "const"] + TINY  # 512 images, batch 64: 8 steps an epoch, the queue fills in 2
+
+
+def cli(args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def only_run(root):
+    (folder,) = (root / "runs").iterdir()
+    return folder
+
+
+def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):
+    whole = cli(SWAV + ["--iters", "24", "--root", str(tmp_path / "a")])
+    assert whole.returncode == 0, whole.stderr
+    logs = pd.read_csv(only_run(tmp_path / "a") / "logs.csv")
+    assert logs["queue_used"].tolist() == [0, 0, 1, 1, 1, 1]  # epoch 1 fills it (steps 8, 9), then it is used
+    assert logs["train_loss"].iloc[-1] < logs["train_loss"].iloc[0] - 0.05
+    first = cli(SWAV + ["--iters", "12", "--root", str(tmp_path / "b")])  # stops after the queue started
+    assert first.returncode == 0, first.stderr
+    folder = only_run(tmp_path / "b")
+    resumed = cli(["--resume", str(folder), "--iters", "24"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(only_run(tmp_path / "a") / "checkpoint.pth.tar", weights_only=True)
+    b = torch.load(folder / "checkpoint.pth.tar", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert b["rank_state"][0]["queue_filled"] == 128
+    assert torch.equal(a["rank_state"][0]["queue"], b["rank_state"][0]["queue"])
+
+
+def test_prototypes_stay_frozen_for_their_first_steps(tmp_path):
+    run = cli(SWAV + ["--iters", "3", "--freeze_prototypes_niters", "3", "--opt", "sgd", "--root", str(tmp_path)])
+    assert run.returncode == 0, run.stderr
+    ckpt = torch.load(only_run(tmp_path) / "checkpoint.pth.tar", weights_only=True)
+    momentum_buffers = len(ckpt["optimizer"]["state"])  # SGD keeps one for every parameter it has stepped
+    trainable = sum(1 for k in ckpt["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert momentum_buffers == trainable - 1  # every parameter but the one prototype layer
+
+
+def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
+    first = cli(SWAV + ["--iters", "4", "--root", str(tmp_path)])
+    assert first.returncode == 0, first.stderr
+    folder = only_run(tmp_path)
+    before = (folder / "checkpoint.pth.tar").read_bytes()
+    broken = cli(["--resume", str(folder), "--iters", "8", "--temperature", "0"])  # scores / 0: not finite
+    assert broken.returncode == 1
+    assert "train.py: error: SwAV loss is nan at step 4" in broken.stderr
+    dump = torch.load(folder / "nonfinite_step4_rank0.pt", weights_only=True)
+    assert set(dump) == {"scores", "embeddings", "codes"} and dump["embeddings"].shape == (2 * 64, 128)
+    assert (folder / "checkpoint.pth.tar").read_bytes() == before
