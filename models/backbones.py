@@ -1,6 +1,8 @@
 """Backbones without a classifier: an image batch in, pooled features (n, feat_dim) out."""
 import torch
 import torch.nn as nn
+import torchvision
+from torchvision.models.regnet import BlockParams, RegNet
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
@@ -56,6 +58,32 @@ class ResNet(nn.Module):
         return self.avgpool(x).flatten(1)
 
 
+REGNETS = ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+           "regnet_y_32gf", "regnet_y_128gf"]
+
+
+class RegNetBackbone(nn.Module):
+    """torchvision's RegNet without its classifier: a named RegNetY, or `regnet` from depth / w_0 / w_a / w_m /
+    group_width (with RegNetY's squeeze-excitation, ratio 0.25). `cifar_stem`: the stem conv has stride 1."""
+
+    def __init__(self, arch, in_channels=3, cifar_stem=False, regnet=None):
+        super().__init__()
+        if arch == "regnet":
+            net = RegNet(BlockParams.from_init_params(se_ratio=0.25, **regnet))
+        else:
+            net = getattr(torchvision.models, arch)()
+        conv = net.stem[0]
+        net.stem[0] = nn.Conv2d(in_channels, conv.out_channels, 3, 1 if cifar_stem else 2, 1, bias=False)
+        nn.init.kaiming_normal_(net.stem[0].weight, mode="fan_out", nonlinearity="relu")
+        self.stem, self.trunk_output, self.avgpool = net.stem, net.trunk_output, net.avgpool
+        self.feat_dim = net.fc.in_features
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        x = self.trunk_output(self.stem(x.contiguous(memory_format=torch.channels_last)))
+        return self.avgpool(x).flatten(1)
+
+
 class Pixels(nn.Module):
     """The raw-pixel baseline: the normalized image, flattened."""
 
@@ -70,13 +98,19 @@ class Pixels(nn.Module):
 def backbone_spec(args, data):
     """The plain dict that rebuilds a backbone (saved with every checkpoint and exported backbone)."""
     cifar_stem = args.cifar_stem if args.cifar_stem is not None else data.image_size <= 64
-    return dict(arch=args.arch, width=args.width, cifar_stem=cifar_stem, stem_stride=args.stem_stride,
+    spec = dict(arch=args.arch, width=args.width, cifar_stem=cifar_stem, stem_stride=args.stem_stride,
                 in_channels=data.channels)
+    if args.arch == "regnet":
+        spec["regnet"] = dict(depth=args.regnet_depth, w_0=args.regnet_w_0, w_a=args.regnet_w_a, w_m=args.regnet_w_m,
+                              group_width=args.regnet_group_width)
+    return spec
 
 
 def build_backbone(spec):
     if spec["arch"] == "pixels":
         return Pixels(spec["in_channels"], spec["image_size"])
+    if spec["arch"].startswith("regnet"):
+        return RegNetBackbone(spec["arch"], spec["in_channels"], spec["cifar_stem"], spec.get("regnet"))
     return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"],
                   spec.get("stem_stride", 1))
 

@@ -105,12 +105,20 @@ def add_common_args(p):
 
 def add_backbone_args(p):
     g = p.add_argument_group("backbone and head")
-    g.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
-                   help="backbone")
-    g.add_argument("--width", type=float, default=1.0, help="width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
+    g.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                                                          "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf",
+                                                          "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
+                                                          "regnet_y_32gf", "regnet_y_128gf", "regnet"],
+                   help="backbone: a ResNet, a torchvision RegNetY, or `regnet` from the --regnet_* flags")
+    g.add_argument("--width", type=float, default=1.0, help="ResNet width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
     g.add_argument("--cifar_stem", type=none_or(str2bool), default=None,
                    help="3x3 stem without max-pool (default: true for images of 64 px or less)")
     g.add_argument("--stem_stride", type=int, default=1, choices=[1, 2], help="stride of the CIFAR stem's conv")
+    g.add_argument("--regnet_depth", type=int, default=16, help="--arch regnet: number of blocks")
+    g.add_argument("--regnet_w_0", type=int, default=48, help="--arch regnet: initial width")
+    g.add_argument("--regnet_w_a", type=float, default=27.89, help="--arch regnet: width slope")
+    g.add_argument("--regnet_w_m", type=float, default=2.09, help="--arch regnet: width multiplier between stages")
+    g.add_argument("--regnet_group_width", type=int, default=8, help="--arch regnet: group width of the 3x3 convs")
     g.add_argument("--head_hidden_dims", type=int, nargs="*", default=[-1],
                    help="hidden widths of the MLP head; -1 = backbone feature width")
     g.add_argument("--embedding_dim", type=int, default=128, help="output width of the head")
