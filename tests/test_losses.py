@@ -119,3 +119,14 @@ def test_swav_codes_carry_no_gradient():
     swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3).backward()
     # d loss / d scores is only through the log-softmax: each crop's row gradients sum to zero
     torch.testing.assert_close(scores.grad.sum(dim=1), torch.zeros(8, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_swav_hard_codes_are_the_one_hot_argmax():
+    g = torch.Generator().manual_seed(5)
+    scores = F.normalize(torch.randn(2 * 6, 9, dtype=torch.float64, generator=g), dim=1)
+    n = 6
+    expected = 0.0
+    for a, p in [(0, 1), (1, 0)]:
+        winner = sinkhorn(scores[a * n:(a + 1) * n], 0.05, 3).argmax(dim=1)
+        expected -= F.log_softmax(scores[p * n:(p + 1) * n] / 0.1, dim=1)[torch.arange(n), winner].mean().item() / 2
+    assert swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3, hard=True).item() == pytest.approx(expected, rel=1e-12)

@@ -42,8 +42,10 @@ def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):
     assert torch.equal(a["rank_state"][0]["queue"], b["rank_state"][0]["queue"])
 
 
-def test_prototypes_stay_frozen_for_their_first_steps(tmp_path):
-    run = cli(SWAV + ["--iters", "3", "--freeze_prototypes_niters", "3", "--opt", "sgd", "--root", str(tmp_path)])
+def test_prototypes_stay_frozen_for_their_first_steps_with_multi_crop(tmp_path):
+    multi_crop = ["--num_crops", "2", "2", "--size_crops", "20", "12", "--min_scale_crops", "0.3", "0.1",
+                  "--max_scale_crops", "1", "0.3"]
+    run = cli(SWAV + multi_crop + ["--iters", "3", "--freeze_prototypes_niters", "3", "--opt", "sgd", "--root", str(tmp_path)])
     assert run.returncode == 0, run.stderr
     ckpt = torch.load(only_run(tmp_path) / "checkpoint.pth.tar", weights_only=True)
     momentum_buffers = len(ckpt["optimizer"]["state"])  # SGD keeps one for every parameter it has stepped
