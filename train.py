@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from data.loader import TrainBatches, steps_per_epoch, total_steps
 from models.base import NonFinite
+from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
+from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
 from utils import checkpoint, dist
@@ -22,7 +24,7 @@ from utils.config import UserError, parse_args
 from utils.optim import build_optimizer, lr_at
 from utils.runlog import RunLog, create_run_folder
 
-PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "eval": LinearEval}
+PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2, "eval": LinearEval}
 LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device")
 
 
@@ -155,7 +157,7 @@ def run(args):
     stopping = False
     while step < total and not stopping:
         epoch = step // spe
-        model.on_epoch_start(epoch)
+        model.on_epoch_start(epoch, batches)
         bar = tqdm(total=min(spe, total - epoch * spe), initial=step % spe, desc=f"epoch {epoch}",
                    disable=not dist.is_main(), leave=False, dynamic_ncols=True)
         for batch in batches.epoch(epoch, start=step % spe):
@@ -186,7 +188,7 @@ def run(args):
                             **{k: float(v) for k, v in logs.items()})
                 loss_sum.zero_()
                 loss_count, tick, images = 0, time.time(), 0
-            if args.eval_freq and step % args.eval_freq == 0 and step < total:
+            if args.eval_freq > 0 and step % args.eval_freq == 0 and step < total:
                 evaluate(step)
                 model.train()
                 tick = time.time()
@@ -204,7 +206,7 @@ def run(args):
         sys.exit(128 + signum)
     if step == 0 and not args.resume:
         save(0)
-    metrics = evaluate(step)
+    metrics = evaluate(step) if args.eval_freq >= 0 else {}
     if log:
         log.print(f"done {args.problem} {folder} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     return folder, metrics

@@ -143,13 +143,14 @@ class Augment:
 
     def __init__(self, num_crops, size_crops, min_scale_crops, max_scale_crops, mean, std, channels,
                  jitter_strength=1.0, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0,
-                 flip_prob=0.5, colour=True, generator=None):
+                 flip_prob=0.5, colour=True, generator=None, jitter=None):
         self.crops = [(size, (lo, hi)) for n, size, lo, hi in
                       zip(num_crops, size_crops, min_scale_crops, max_scale_crops) for _ in range(n)]
         self.mean, self.std, self.channels = mean, std, channels
-        s = jitter_strength
+        # ColorJitter(b, c, s, h): `jitter`, else (0.8, 0.8, 0.8, 0.2) * jitter_strength
+        b, c, s, h = jitter if jitter is not None else [f * jitter_strength for f in (0.8, 0.8, 0.8, 0.2)]
         # (lo, hi) of brightness, contrast, saturation factors and the hue shift
-        self.jitter = [(max(0.0, 1 - 0.8 * s), 1 + 0.8 * s)] * 3 + [(-0.2 * s, 0.2 * s)]
+        self.jitter = [(max(0.0, 1 - f), 1 + f) for f in (b, c, s)] + [(-h, h)]
         self.num_jitter_ops = 4 if channels == 3 else 2  # one channel: brightness and contrast only
         self.jitter_prob, self.grayscale_prob = jitter_prob, grayscale_prob
         self.blur_prob, self.solarize_prob, self.flip_prob = blur_prob, solarize_prob, flip_prob
@@ -227,4 +228,5 @@ def from_args(args, data, generator, colour=True):
     sizes = [default_side if size < 0 else size for size in args.size_crops]
     return Augment(args.num_crops, sizes, args.min_scale_crops, args.max_scale_crops, data.mean, data.std,
                    data.channels, jitter_strength=s, jitter_prob=args.jitter_prob, grayscale_prob=args.grayscale_prob,
-                   blur_prob=blur, solarize_prob=args.solarize_prob, colour=colour, generator=generator)
+                   blur_prob=blur, solarize_prob=args.solarize_prob, colour=colour, generator=generator,
+                   jitter=args.color_jitter)

@@ -45,8 +45,9 @@ class Problem(nn.Module):
         """False: under DDP every rank trains on its part of each global batch."""
         return False
 
-    def on_epoch_start(self, epoch):
-        """Hook: start of every epoch (DeepCluster-v2 clusters here; SwAV switches its queue on)."""
+    def on_epoch_start(self, epoch, batches):
+        """Hook: start of every epoch, or of the rest of one on resume; `batches` is the loop's TrainBatches
+        (DeepCluster-v2 fills its memory bank from it and clusters here; SwAV switches its queue on)."""
 
     def after_backward(self):
         """Hook: gradients are ready, the optimiser has not stepped (SwAV drops frozen prototypes' gradients)."""

@@ -1,4 +1,6 @@
 """`--problem eval`: a linear probe on a frozen encoder, and kNN, on the labeled train and test images."""
+import argparse
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -7,7 +9,9 @@ from data.augment import Augment
 from data.datasets import ArrayData
 from models.backbones import build_backbone
 from models.base import Problem, autocast, load_data
+from models.heads import MLP, head_dims
 from models.knn import extract_features, knn_accuracy
+from models.npid import bank_knn
 from utils import checkpoint, dist
 from utils.config import UserError, str2bool
 
@@ -30,6 +34,8 @@ class LinearEval(Problem):
                        help="compute the training features once, without augmentation (fast); else RandomResizedCrop + flip every step")
         g.add_argument("--min_scale", type=float, default=0.08, help="smallest crop area fraction when not precomputing")
         g.add_argument("--linear_bn", type=str2bool, default=False, help="a non-affine BatchNorm before the linear layer")
+        g.add_argument("--knn_memory_bank", type=str2bool, default=False,
+                       help="NPID encoders: also kNN of the test embeddings against the run's memory bank (bank_knn_acc1)")
         g.add_argument("--eval_only", type=str2bool, default=False, help="no training: score the linear run given by --ckpt")
         g.add_argument("--ckpt", default=None, help="with --eval_only: the linear run folder or checkpoint to score")
         p.set_defaults(opt="sgd", lr=0.1, epochs=100, weight_decay=0.0)  # SGD momentum 0.9 + cosine, METHODS.md
@@ -95,6 +101,23 @@ class LinearEval(Problem):
             self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)
         if args.eval_only:
             self.load_state_dict(saved["model"])
+        self.memory = self.load_memory_bank(args, device) if args.knn_memory_bank else None
+
+    def load_memory_bank(self, args, device):
+        """(head, memory bank, labels of the bank's rows) of the NPID run --encoder_ckpt."""
+        if args.eval_only or args.encoder_ckpt == "pixels":
+            raise UserError("--knn_memory_bank needs --encoder_ckpt, the NPID run whose memory bank to use")
+        ckpt = checkpoint.load(args.encoder_ckpt)
+        if ckpt["args"]["problem"] != "npid" or "model" not in ckpt:
+            raise UserError(f"--knn_memory_bank needs an NPID run's checkpoint.pth.tar; {args.encoder_ckpt} is not one")
+        pretrain_args = argparse.Namespace(**ckpt["args"])
+        labels = load_data(pretrain_args, pretrain=True).train.labels  # the bank's rows are the pretraining images
+        bank = ckpt["model"]["_extra_state"]["memory_bank"]
+        if len(labels) != len(bank) or (labels < 0).any():
+            raise UserError(f"the memory bank of {args.encoder_ckpt} does not match its labeled training images")
+        head = MLP(head_dims(pretrain_args, self.backbone.feat_dim), pretrain_args.head_use_bn, pretrain_args.head_use_relu)
+        head.load_state_dict({k[len("head."):]: v for k, v in ckpt["model"].items() if k.startswith("head.")})
+        return head.to(device), bank.to(device), labels.to(device)
 
     def autocast(self):
         return autocast(self.args, self.device)
@@ -139,4 +162,9 @@ class LinearEval(Problem):
         acc5 = 100.0 * (top5 == test_labels[:, None]).any(dim=1).float().mean().item()
         k1, k5 = knn_accuracy(train_feats, train_labels, test_feats, test_labels, self.data.test.num_classes,
                               self.args.knn_k, self.args.knn_t)
-        return dict(test_acc1=acc1, test_acc5=acc5, knn_acc1=k1, knn_acc5=k5)
+        metrics = dict(test_acc1=acc1, test_acc5=acc5, knn_acc1=k1, knn_acc5=k5)
+        if self.memory is not None:
+            head, bank, labels = self.memory
+            metrics.update(bank_knn(head, bank, labels, (test_feats, test_labels), self.data.test.num_classes,
+                                    self.args.knn_k, self.args.knn_t, self.autocast))
+        return metrics

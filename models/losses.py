@@ -76,3 +76,21 @@ def swav_loss(scores, num_crops, crops_for_assign, temperature=0.1, epsilon=0.05
         others = [p for p in range(num_crops) if p != a]
         total = total + sum(-(q * log_probs[p * n:(p + 1) * n]).sum(dim=1).mean() for p in others) / len(others)
     return total / len(crops_for_assign)
+
+
+def nce_loss(scores, z_const, num_data, eps=1e-7):
+    """NPID's noise-contrastive estimation; scores (B, K+1) = memory rows . v / T, the positive in column 0.
+
+    P = exp(scores) / Z and the noise probability of K negatives is K * Pn, Pn = 1 / num_data:
+    loss = -(1/B) [sum_b log(P_b0 / (P_b0 + K Pn + eps)) + sum_b sum_{k>=1} log(K Pn / (P_bk + K Pn + eps))],
+    computed from log P = scores - log Z with log-add-exp.
+    """
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    num_negatives = scores.shape[1] - 1
+    log_p = scores - torch.log(torch.as_tensor(z_const, dtype=scores.dtype, device=scores.device))
+    noise = torch.tensor(num_negatives / num_data + eps, dtype=scores.dtype, device=scores.device)
+    log_denominator = torch.logaddexp(log_p, torch.log(noise))  # log(P + K Pn + eps)
+    log_k_pn = torch.log(noise - eps)
+    positive = (log_p[:, 0] - log_denominator[:, 0]).sum()
+    negatives = (log_k_pn - log_denominator[:, 1:]).sum()
+    return -(positive + negatives) / scores.shape[0]

@@ -40,7 +40,7 @@ class SwAV(Pretrain):
         self.queue_filled = 0  # rows written; the queue joins Sinkhorn once they reach its length
         self.queue_on = False
 
-    def on_epoch_start(self, epoch):
+    def on_epoch_start(self, epoch, batches):
         self.queue_on = self.queue.shape[1] > 0 and epoch >= self.args.epoch_queue_starts
 
     @torch.no_grad()

@@ -13,9 +13,11 @@ import torch
 import torch.distributed
 import torch.multiprocessing as mp
 import torch.nn as nn
+import torch.nn.functional as F
 
 from conftest import ROOT, TINY
 from models.losses import info_nce_loss, sinkhorn
+from models.memory import spherical_kmeans
 from utils import dist
 from utils.config import UserError
 
@@ -30,6 +32,15 @@ def crops_of(x, lo, hi):
     return x[:, lo:hi].reshape(-1, x.shape[-1])
 
 
+def kmeans_data():
+    """60 unit vectors in 4 loose clusters, and 6 starting centroids (two of them far from every point)."""
+    gen = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(4, 8, generator=gen, dtype=torch.float64), dim=1)
+    bank = F.normalize(centres[torch.arange(60) % 4] + 0.6 * torch.randn(60, 8, generator=gen, dtype=torch.float64), dim=1)
+    start = torch.cat([bank[:4], -centres[:2]])
+    return bank, start
+
+
 def _gather_worker(rank, world, init, x, temperature, out):
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     net = nn.parallel.DistributedDataParallel(mlp())
@@ -39,13 +50,16 @@ def _gather_worker(rank, world, init, x, temperature, out):
     gathered = dist.gather_strided(rows, 7)
     scores = torch.randn(2 * 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     codes = dist.gather(sinkhorn(scores[rank * 9:(rank + 1) * 9], 0.05, 3))  # each rank its 9 rows
+    bank, start = kmeans_data()
+    centroids, members = spherical_kmeans(bank[rank * 30:(rank + 1) * 30], start, 5)  # each rank its 30 rows
     if rank == 0:
-        torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered, codes=codes), out)
+        torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered, codes=codes,
+                        centroids=centroids, members=dist.gather(members)), out)
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("num_crops,temperature", [(2, 0.5), (6, 0.1)])
-def test_two_processes_give_the_gradients_and_sinkhorn_codes_of_one_process_on_the_whole_batch(tmp_path, num_crops, temperature):
+def test_two_processes_give_the_gradients_sinkhorn_codes_and_kmeans_of_one_process_on_all_the_data(tmp_path, num_crops, temperature):
     torch.manual_seed(1)
     x = torch.randn(num_crops, 8, 6, dtype=torch.float64)  # 8 images, each rank gets 4 different ones
     out = str(tmp_path / "grads.pt")
@@ -58,6 +72,9 @@ def test_two_processes_give_the_gradients_and_sinkhorn_codes_of_one_process_on_t
     assert torch.equal(two["gathered"][:, 0], torch.arange(7.0))  # rank r held rows r, r+2, ...: back in order
     scores = torch.randn(2 * 9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(two["codes"], sinkhorn(scores, 0.05, 3), rtol=1e-12, atol=1e-15)  # = one process
+    centroids, members = spherical_kmeans(*kmeans_data(), 5)
+    torch.testing.assert_close(two["centroids"], centroids, rtol=1e-12, atol=1e-14)
+    assert torch.equal(two["members"], members)
 
 
 def test_sync_bn_groups_per_node_global_and_fixed_size():

@@ -53,7 +53,7 @@ def add_common_args(p):
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1... (default: cuda when available, else cpu)")
     g.add_argument("--log_freq", type=int, default=50, help="steps between rows of logs.csv")
     g.add_argument("--save_freq", type=int, default=1000, help="steps between checkpoints (one is always written at the end)")
-    g.add_argument("--eval_freq", type=int, default=0, help="steps between evaluations (kNN while pretraining, test accuracy in eval); 0: only at the end")
+    g.add_argument("--eval_freq", type=int, default=0, help="steps between evaluations (kNN while pretraining, test accuracy in eval); 0: only at the end; -1: never")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", default="fmnist", choices=["fmnist", "cifar10", "cifar100", "stl10", "imagenet", "folder"],
@@ -134,6 +134,8 @@ def add_augment_args(p):
     g.add_argument("--max_scale_crops", type=float, nargs="+", default=[1.0], help="largest area fraction of each crop size")
     g.add_argument("--color_jitter_strength", type=none_or(float), default=None,
                    help="s in ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) (default: 1.0, or 0.5 for images of 32 px or less)")
+    g.add_argument("--color_jitter", type=float, nargs=4, default=None, metavar=("B", "C", "S", "H"),
+                   help="brightness, contrast, saturation and hue of the colour jitter; overrides --color_jitter_strength")
     g.add_argument("--jitter_prob", type=float, default=0.8, help="probability of colour jitter")
     g.add_argument("--grayscale_prob", type=float, default=0.2, help="probability of grayscale")
     g.add_argument("--blur_prob", type=none_or(float), default=None,
@@ -165,6 +167,12 @@ def _convert(action, key, value):
         if action.nargs == "+" and not values:
             raise UserError(f"config key '{key}' needs at least one value")
         return [one(v) for v in values]
+    if isinstance(action.nargs, int):
+        if value is None and action.default is None:
+            return None
+        if not isinstance(value, list) or len(value) != action.nargs:
+            raise UserError(f"config key '{key}' takes a list of {action.nargs} values, got {value!r}")
+        return [one(v) for v in value]
     if isinstance(value, (list, dict)):
         raise UserError(f"config key '{key}' takes one value, got {value!r}")
     return one(value)

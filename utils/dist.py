@@ -202,6 +202,14 @@ def all_gather_object(obj):
     return out
 
 
+def broadcast(x):
+    """Rank 0's tensor `x` on every rank (same shape everywhere)."""
+    if world_size() > 1:
+        x = x.contiguous()
+        dist.broadcast(x, src=0)
+    return x
+
+
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
     if world_size() == 1:

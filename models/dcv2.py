@@ -1,0 +1,124 @@
+"""DeepCluster-v2: SwAV's model with prototypes set to k-means centroids of a memory bank every epoch, never trained."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data.loader import steps_per_epoch
+from models.backbones import multicrop_forward
+from models.base import NonFinite, Pretrain
+from models.heads import MLP, head_dims
+from models.memory import spherical_kmeans
+from utils import config, dist
+
+NO_ASSIGNMENT = -100  # cross_entropy's ignore_index: an image not in any bank yet
+
+
+class DeepClusterV2(Pretrain):
+    @staticmethod
+    def add_args(p):
+        Pretrain.add_args(p)
+        g = p.add_argument_group("DeepCluster-v2")
+        g.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the cluster prediction")
+        g.add_argument("--num_clusters", type=int, nargs="+", default=[3000, 3000, 3000],
+                       help="k of each k-means; one prototype head per entry")
+        g.add_argument("--kmeans_iters", type=int, default=10, help="k-means rounds at the start of every epoch")
+        g.add_argument("--crops_for_mb", type=int, nargs="+", default=[0, 1],
+                       help="crops whose embeddings the memory bank keeps; head h clusters bank h mod len")
+        p.set_defaults(head_hidden_dims=[2048])
+
+    def __init__(self, args, data, device):
+        super().__init__(args, data, device)
+        self.num_crops = sum(args.num_crops)
+        if any(not 0 <= c < self.num_crops for c in args.crops_for_mb):
+            raise config.UserError(f"--crops_for_mb {args.crops_for_mb} names crops beyond the {self.num_crops} there are")
+        self.head = MLP(head_dims(args, self.backbone.feat_dim), args.head_use_bn, args.head_use_relu)
+        self.prototypes = nn.ModuleList(nn.Linear(args.embedding_dim, k, bias=False) for k in args.num_clusters)
+        self.prototypes.requires_grad_(False)  # centroids, not trained
+        # per-rank bank: one slot per image this rank sees in an epoch, overwritten batch by batch
+        self.local_batch = args.batch_size // dist.world_size()
+        self.steps_per_epoch = steps_per_epoch(len(data.train), args.batch_size)
+        slots = self.steps_per_epoch * self.local_batch
+        if max(args.num_clusters) > slots:
+            raise config.UserError(f"--num_clusters {max(args.num_clusters)} exceeds the {slots} images of a rank's memory bank")
+        self.bank = torch.zeros(len(args.crops_for_mb), slots, args.embedding_dim, device=device)
+        self.bank_index = torch.full((slots,), -1, dtype=torch.long, device=device)
+        self.assignments = torch.full((len(args.num_clusters), len(data.train)), NO_ASSIGNMENT, dtype=torch.long,
+                                      device=device)
+        self.clustered_epoch = -1
+
+    def get_extra_state(self):  # identical on every rank; the banks are per rank (rank_state)
+        return dict(assignments=self.assignments, clustered_epoch=self.clustered_epoch)
+
+    def set_extra_state(self, state):
+        if state["assignments"].shape != self.assignments.shape:
+            raise config.UserError(f"the checkpoint's cluster assignments cover {state['assignments'].shape[1]} images, "
+                                   f"the training set has {self.assignments.shape[1]}")
+        self.assignments.copy_(state["assignments"])
+        self.clustered_epoch = state["clustered_epoch"]
+
+    def rank_state(self):
+        return dict(bank=self.bank.cpu(), bank_index=self.bank_index.cpu())
+
+    def load_rank_state(self, state):
+        if state["bank"].shape == self.bank.shape:
+            self.bank.copy_(state["bank"])
+            self.bank_index.copy_(state["bank_index"])
+
+    def embed(self, crops):
+        with self.autocast():
+            z = self.head(multicrop_forward(self.backbone, crops))
+        return F.normalize(z.float(), dim=1)
+
+    @torch.no_grad()
+    def fill_bank(self, batches, epoch):
+        """One pass over this rank's images (model in eval mode) puts an embedding of each in the bank."""
+        was_training = self.training
+        self.eval()
+        for slot, (x, _, idx) in enumerate(tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
+                                                disable=not dist.is_main(), leave=False)):
+            crops = self.augment(x)
+            self.write_bank(slot, [self.embed([crops[c]]) for c in self.args.crops_for_mb], idx)
+        self.train(was_training)
+
+    def write_bank(self, slot, embeddings, idx):
+        lo = slot * self.local_batch
+        self.bank[:, lo:lo + len(idx)] = torch.stack(embeddings)
+        self.bank_index[lo:lo + len(idx)] = idx
+
+    @torch.no_grad()
+    def cluster(self, epoch):
+        """k-means for every head; its centroids become the prototypes, its assignments the targets."""
+        for h, layer in enumerate(self.prototypes):
+            bank = self.bank[h % len(self.bank)]
+            k = layer.weight.shape[0]
+            gen = torch.Generator().manual_seed((self.args.seed * 1000 + epoch) * 100 + h)
+            start = dist.broadcast(bank[torch.randperm(len(bank), generator=gen)[:k].to(bank.device)])  # rank 0's rows
+            centroids, members = spherical_kmeans(bank, start, self.args.kmeans_iters)
+            layer.weight.copy_(centroids)
+            self.assignments[h].fill_(NO_ASSIGNMENT)
+            self.assignments[h][dist.gather(self.bank_index)] = dist.gather(members)
+
+    def on_epoch_start(self, epoch, batches):
+        if (self.bank_index < 0).any():  # a new run, or a resume on another number of processes
+            self.fill_bank(batches, epoch)
+        if self.clustered_epoch != epoch:  # not again when resuming in the middle of an epoch
+            self.cluster(epoch)
+            self.clustered_epoch = epoch
+
+    def forward(self, batch):
+        x, _, idx = batch
+        z = self.embed(self.augment(x))
+        targets = torch.cat([idx] * self.num_crops)
+        losses = [F.cross_entropy(layer(z) / self.args.temperature, self.assignments[h][targets],
+                                  ignore_index=NO_ASSIGNMENT) for h, layer in enumerate(self.prototypes)]
+        loss = torch.stack(losses).mean()
+        if not torch.isfinite(loss):
+            raise NonFinite(f"DeepCluster-v2 loss is {loss.item()} at step {self.step}", dict(embeddings=z.detach()))
+        n = len(idx)
+        self._bank_rows = [z[c * n:(c + 1) * n].detach() for c in self.args.crops_for_mb], idx
+        return loss, {}
+
+    @torch.no_grad()
+    def after_step(self, batch, logs):
+        self.write_bank(self.step % self.steps_per_epoch, *self._bank_rows)

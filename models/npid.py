@@ -1,0 +1,96 @@
+"""NPID / NPID++: backbone -> Linear -> normalize; each image against its memory-bank row and K random rows."""
+import torch
+import torch.nn.functional as F
+
+from models.base import NonFinite, Pretrain
+from models.heads import MLP, head_dims
+from models.knn import extract_features, knn_accuracy
+from models.losses import nce_loss
+from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives
+from utils import config, dist
+
+
+class NPID(Pretrain):
+    @staticmethod
+    def add_args(p):
+        Pretrain.add_args(p)
+        g = p.add_argument_group("NPID")
+        g.add_argument("--temperature", type=float, default=0.07, help="temperature of the memory scores")
+        g.add_argument("--num_negatives", type=int, default=4096, help="memory rows drawn per image, with replacement")
+        g.add_argument("--memory_momentum", type=float, default=0.5,
+                       help="memory update M[y] <- normalize(m M[y] + (1 - m) v) (VISSL's memory_params.momentum)")
+        g.add_argument("--loss_type", default="nce", choices=["nce", "cross_entropy"],
+                       help="nce: NCE with a normalisation constant Z fixed on the first batch; cross_entropy: InfoNCE")
+        g.add_argument("--nce_eps", type=float, default=1e-7, help="eps in the NCE denominators")
+        p.set_defaults(head_hidden_dims=[], num_crops=[1], min_scale_crops=[0.2], color_jitter=[0.4, 0.4, 0.4, 0.4])
+
+    def __init__(self, args, data, device):
+        super().__init__(args, data, device)
+        if sum(args.num_crops) != 1:
+            raise config.UserError(f"NPID takes one crop per image, not --num_crops {args.num_crops}")
+        self.head = MLP(head_dims(args, self.backbone.feat_dim), args.head_use_bn, args.head_use_relu)
+        # the same bank on every rank: one generator seeded alike everywhere
+        self.memory_bank = init_memory_bank(len(data.train), args.embedding_dim,
+                                            torch.Generator(device).manual_seed(args.seed))
+        self.z_const = -1.0  # NCE's Z, estimated on the first batch ever
+
+    def get_extra_state(self):  # in state_dict, so in the checkpoint; not a buffer, so DDP never broadcasts it
+        return dict(memory_bank=self.memory_bank, z_const=self.z_const)
+
+    def set_extra_state(self, state):
+        if state["memory_bank"].shape != self.memory_bank.shape:
+            raise config.UserError(f"the checkpoint's memory bank has {len(state['memory_bank'])} rows, "
+                                   f"the training set {len(self.memory_bank)} images")
+        self.memory_bank.copy_(state["memory_bank"])
+        self.z_const = state["z_const"]
+
+    def embed(self, images):
+        with self.autocast():
+            v = self.head(self.backbone(images))
+        return F.normalize(v.float(), dim=1)
+
+    def forward(self, batch):
+        x, _, idx = batch
+        (crop,) = self.augment(x)
+        v = self.embed(crop)
+        size = len(self.memory_bank)
+        rows = torch.cat([idx[:, None], sample_negatives(len(idx), self.args.num_negatives, size, self.augment.gen)], 1)
+        scores = memory_scores(self.memory_bank, v, rows) / self.args.temperature
+        if self.args.loss_type == "nce":
+            if self.z_const < 0:
+                self.z_const = dist.all_reduce_mean(scores.detach().exp().mean() * size).item()
+            loss = nce_loss(scores, self.z_const, size, self.args.nce_eps)
+        else:
+            loss = F.cross_entropy(scores, torch.zeros_like(idx))
+        if not torch.isfinite(loss):
+            raise NonFinite(f"NPID loss is {loss.item()} at step {self.step}", dict(scores=scores.detach(), embeddings=v.detach()))
+        self._update = (v.detach(), idx)
+        return loss, dict(z_const=self.z_const) if self.args.loss_type == "nce" else {}
+
+    @torch.no_grad()
+    def after_step(self, batch, logs):
+        v, idx = self._update  # every rank's rows: the banks stay identical
+        momentum_update(self.memory_bank, dist.gather(idx), dist.gather(v), self.args.memory_momentum)
+
+    def evaluate(self):
+        """kNN of the backbone's features, and NPID's own kNN of the embeddings against the memory bank."""
+        train, test = (extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
+                       for d in (self.data.knn_train, self.data.test))
+        num_classes, k, t = self.data.test.num_classes, self.args.knn_k, self.args.knn_t
+        k1, k5 = knn_accuracy(*train, *test, num_classes, k, t)
+        metrics = dict(knn_acc1=k1, knn_acc5=k5)
+        if (self.data.train.labels >= 0).all():
+            metrics.update(bank_knn(self.head, self.memory_bank, self.data.train.labels, test, num_classes, k, t, self.autocast))
+        return metrics
+
+
+@torch.no_grad()
+def bank_knn(head, memory_bank, bank_labels, test, num_classes, k, t, autocast):
+    """NPID's native kNN: the head's embeddings of the test features `test` = (features, labels) against the bank."""
+    was_training = head.training
+    head.eval()
+    with autocast():
+        v = head(test[0])
+    head.train(was_training)
+    k1, k5 = knn_accuracy(memory_bank, bank_labels, v.float(), test[1], num_classes, k, t)
+    return dict(bank_knn_acc1=k1, bank_knn_acc5=k5)
