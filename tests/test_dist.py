@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT, TINY
 from models.losses import info_nce_loss, sinkhorn
-from models.memory import spherical_kmeans
+from models.memory import init_memory_bank, spherical_kmeans
 from utils import dist
 from utils.config import UserError
 
@@ -52,9 +52,10 @@ def _gather_worker(rank, world, init, x, temperature, out):
     codes = dist.gather(sinkhorn(scores[rank * 9:(rank + 1) * 9], 0.05, 3))  # each rank its 9 rows
     bank, start = kmeans_data()
     centroids, members = spherical_kmeans(bank[rank * 30:(rank + 1) * 30], start, 5)  # each rank its 30 rows
+    members = dist.gather(members)
     if rank == 0:
         torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered, codes=codes,
-                        centroids=centroids, members=dist.gather(members)), out)
+                        centroids=centroids, members=members), out)
     torch.distributed.destroy_process_group()
 
 
@@ -105,21 +106,29 @@ def checkpoint_of(root):
     return str(folders[0]), torch.load(folders[0] / "checkpoint.pth.tar", weights_only=True)
 
 
+DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "3", "--head_hidden_dims", "64", "--iters", "8",
+        "--log_freq", "2", "--eval_freq", "-1"] + TINY  # 8 steps an epoch: k-means at step 0, and at 8 after the resume
+
+
 def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     root = tmp_path / "logs"
     launch = ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()]
-    proc = cli(PRETRAIN + launch + ["--root", str(root)])
+    proc = cli(DCV2 + launch + ["--root", str(root)])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     folder, ckpt = checkpoint_of(root)
-    assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2  # each rank's random streams
+    assert ckpt["step"] == 8 and len(ckpt["rng"]) == 2  # each rank's random streams
     assert not torch.equal(ckpt["rng"][0]["augment"], ckpt["rng"][1]["augment"])
-    proc = cli(["--resume", folder, "--iters", "6"] + launch)
+    # DeepCluster-v2's banks are per rank: after one epoch, 8 steps x 32 images each, together every image once
+    banks = [state["bank_index"] for state in ckpt["rank_state"]]
+    assert [len(b) for b in banks] == [256, 256] and sorted(torch.cat(banks).tolist()) == list(range(512))
+    assert (ckpt["model"]["_extra_state"]["assignments"] >= 0).all()  # gathered from both ranks
+    proc = cli(["--resume", folder, "--iters", "12"] + launch)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     _, ckpt = checkpoint_of(root)
-    assert ckpt["step"] == 6
-    assert pd.read_csv(os.path.join(folder, "logs.csv"))["iter"].tolist() == [2, 4, 6]
+    assert ckpt["step"] == 12
+    assert pd.read_csv(os.path.join(folder, "logs.csv"))["iter"].tolist() == [2, 4, 6, 8, 10, 12]
 
 
 def two_nodes(args, address):
@@ -129,12 +138,17 @@ def two_nodes(args, address):
 
 def test_two_node_launches_make_one_run(tmp_path):
     root = tmp_path / "logs"
-    nodes = two_nodes(PRETRAIN + ["--root", str(root)], free_address())
+    npid = ["--problem", "npid", "--num_negatives", "64", "--iters", "4", "--log_freq", "2", "--eval_freq", "-1"] + TINY
+    npid += ["--subset", "128"]  # batch 64 over 2 ranks: an epoch is 2 steps
+    nodes = two_nodes(npid + ["--root", str(root)], free_address())
     for node in nodes:
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err
     folder, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
+    # NPID's bank is updated with every rank's embeddings: after an epoch no row is left as initialised
+    start = init_memory_bank(128, 128, torch.Generator().manual_seed(0))
+    assert (ckpt["model"]["_extra_state"]["memory_bank"] != start).any(dim=1).all()
     proc = cli(["--resume", folder, "--iters", "6"])  # on one process: fresh random streams, same folder
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -1,4 +1,4 @@
-"""NPID and DeepCluster-v2 end to end on a Fashion-MNIST subset: they learn, resume exactly, and refuse bad input."""
+"""NPID and DeepCluster-v2 end to end on a Fashion-MNIST subset: they learn, and resume exactly (bad input: test_train)."""
 import os
 import subprocess
 import sys
@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+import train
 from conftest import ROOT, TINY
 
-NPID = ["--problem", "npid", "--num_negatives", "256", "--knn_k", "20", "--log_freq", "4", "--lr_schedule", "const"] + TINY
+NPID = ["--problem", "npid", "--num_negatives", "256", "--log_freq", "2", "--lr_schedule", "const"] + TINY
 DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "30", "--kmeans_iters", "3", "--head_hidden_dims", "64",
-        "--knn_k", "20", "--log_freq", "4", "--lr_schedule", "const"] + TINY  # 512 images, batch 64: 8 steps an epoch
+        "--log_freq", "2", "--lr_schedule", "const"] + TINY
+SMALL = ["--subset", "256"]  # batch 64: 4 steps an epoch; the resumes below start mid-epoch and then cross into the next
 
 
 def cli(args):
@@ -41,33 +43,44 @@ def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
 
 
 def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_path):
-    a, b = interrupted_equals_uninterrupted(tmp_path, NPID + ["--loss_type", "nce"], stop=12, total=20)
+    a, b = interrupted_equals_uninterrupted(tmp_path, NPID + SMALL + ["--loss_type", "nce"], stop=6, total=10)
     bank_a, bank_b = a["model"]["_extra_state"], b["model"]["_extra_state"]
     assert torch.equal(bank_a["memory_bank"], bank_b["memory_bank"])
     assert bank_a["z_const"] == bank_b["z_const"] > 0
-    torch.testing.assert_close(bank_a["memory_bank"].norm(dim=1), torch.ones(512))
+    torch.testing.assert_close(bank_a["memory_bank"].norm(dim=1), torch.ones(256))
 
 
 def test_dcv2_resumed_mid_epoch_equals_uninterrupted_with_its_banks_and_clusters(tmp_path):
-    a, b = interrupted_equals_uninterrupted(tmp_path, DCV2, stop=12, total=20)
+    a, b = interrupted_equals_uninterrupted(tmp_path, DCV2 + SMALL, stop=6, total=10)
     assign_a, assign_b = a["model"]["_extra_state"]["assignments"], b["model"]["_extra_state"]["assignments"]
     assert a["model"]["_extra_state"]["clustered_epoch"] == b["model"]["_extra_state"]["clustered_epoch"] == 2
     assert torch.equal(assign_a, assign_b)
-    assert assign_a.shape == (2, 512) and (assign_a >= 0).all()  # every image was in the bank at the last clustering
+    assert assign_a.shape == (2, 256) and (assign_a >= 0).all()  # every image was in the bank at the last clustering
     assert assign_a[0].max() < 20 and assign_a[1].max() < 30
     bank_a, bank_b = a["rank_state"][0], b["rank_state"][0]
     assert torch.equal(bank_a["bank"], bank_b["bank"]) and torch.equal(bank_a["bank_index"], bank_b["bank_index"])
-    assert (bank_a["bank_index"] >= 0).all() and bank_a["bank_index"].max() < 512  # every slot holds an image
+    assert (bank_a["bank_index"] >= 0).all() and bank_a["bank_index"].max() < 256  # every slot holds an image
     torch.testing.assert_close(a["model"]["prototypes.0.weight"].norm(dim=1), torch.ones(20))  # centroids
 
 
-@pytest.mark.parametrize("args,message", [
-    (NPID + ["--num_crops", "2"], "NPID takes one crop per image"),
-    (DCV2 + ["--num_clusters", "600"], "--num_clusters 600 exceeds the 512 images of a rank's memory bank"),
-    (DCV2 + ["--crops_for_mb", "0", "2"], "--crops_for_mb [0, 2] names crops beyond the 2 there are"),
-])
-def test_bad_npid_and_dcv2_flags_exit_with_one_line_and_no_run(tmp_path, args, message):
-    run = cli(args + ["--iters", "2", "--root", str(tmp_path)])
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [f"train.py: error: {message}"]
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+# 256 images, batch 64: 100 steps are 25 epochs, 25 rounds of k-means and 25 updates of every bank row
+LEARN = TINY + ["--subset", "256", "--lr", "4e-3", "--lr_schedule", "const", "--knn_k", "20", "--log_freq", "20"]
+METHODS = {"npid": ["--problem", "npid", "--num_negatives", "256", "--loss_type", "cross_entropy"],
+           "dcv2": ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "5", "--head_hidden_dims", "64"]}
+
+
+@pytest.fixture(scope="module")
+def random_init_knn(tmp_path_factory):
+    """kNN accuracy of the backbone both methods start from (the same seed builds the same backbone)."""
+    _, metrics = train.main(LEARN + METHODS["npid"] + ["--iters", "0", "--root", str(tmp_path_factory.mktemp("init"))])
+    return metrics["knn_acc1"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_loss_falls_and_knn_beats_the_random_init_backbone(tmp_path, random_init_knn, method):
+    folder, metrics = train.main(LEARN + METHODS[method] + ["--iters", "100", "--root", str(tmp_path)])
+    loss = pd.read_csv(os.path.join(folder, "logs.csv"))["train_loss"].dropna()
+    assert loss.iloc[-1] < 0.8 * loss.iloc[0]
+    assert metrics["knn_acc1"] > random_init_knn + 2  # measured: 51.2 at init, 61.7 (NPID) and 54.8 (DCv2) after
+    if method == "npid":
+        assert metrics["bank_knn_acc1"] > 40  # NPID's own kNN against its bank; chance is 10

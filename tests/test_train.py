@@ -127,6 +127,13 @@ BAD = {
                        "--sync_bn needs GPUs"),
     "node rank": (lambda d: ["--dist", "ddp", "--world_size", "2", "--node_rank", "2"], "--node_rank 2 must be in"),
     "address": (lambda d: ["--dist", "ddp", "--dist_address", "localhost"], "must be host:port"),
+    "npid crops": (lambda d: ["--problem", "npid", "--num_crops", "2"], "NPID takes one crop per image, not --num_crops [2]"),
+    "too many clusters": (lambda d: ["--problem", "dcv2", "--subset", "512", "--batch_size", "64", "--num_clusters", "600"],
+                          "--num_clusters 600 exceeds the 512 images of a rank's memory bank"),
+    "crops for the bank": (lambda d: ["--problem", "dcv2", "--crops_for_mb", "0", "2"],
+                           "--crops_for_mb [0, 2] names crops beyond the 2 there are"),
+    "bank kNN without NPID": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--knn_memory_bank", "true"],
+                              "--knn_memory_bank needs --encoder_ckpt"),
 }
 
 
