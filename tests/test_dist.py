@@ -56,6 +56,7 @@ def _gather_worker(rank, world, init, x, temperature, out):
     if rank == 0:
         torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered, codes=codes,
                         centroids=centroids, members=members), out)
+    torch.distributed.barrier()  # neither rank tears gloo down while the other still writes
     torch.distributed.destroy_process_group()
 
 
