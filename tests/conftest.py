@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import pytest
@@ -14,6 +15,18 @@ def fmnist():
     if not os.path.exists(os.path.join(FMNIST_DEBIAN, "train-images-idx3-ubyte.gz")):
         pytest.fail(f"Fashion-MNIST is missing from {FMNIST_DEBIAN}: apt-get install dataset-fashion-mnist")
     return FMNIST_DEBIAN
+
+
+def train_cli(args, timeout=600):
+    """train.py in a fresh process, as a user runs it: (return code, stdout, stderr) in a CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def only_run(root):
+    """The one run folder under an exman root."""
+    (folder,) = (root / "runs").iterdir()
+    return folder
 
 
 TINY = ["--data", "fmnist", "--subset", "512", "--batch_size", "64", "--arch", "resnet18", "--width", "0.125",

@@ -98,7 +98,7 @@ def cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
-PRETRAIN = ["--problem", "simclr", "--iters", "4", "--log_freq", "2", "--knn_k", "20"] + TINY
+PRETRAIN = ["--problem", "simclr", "--iters", "4", "--log_freq", "2", "--eval_freq", "-1"] + TINY
 
 
 def checkpoint_of(root):
@@ -234,7 +234,7 @@ def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
 
 def test_amp_bf16_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
     args = ["--problem", "simclr", "--iters", "24", "--log_freq", "4", "--amp", "true", "--amp_dtype", "bf16",
-            "--knn_k", "20", "--root", str(tmp_path)] + TINY[:-4] + ["--opt", "adamw", "--lr", "2e-3", "--workers", "0"]
+            "--eval_freq", "-1", "--root", str(tmp_path)] + TINY[:-4] + ["--opt", "adamw", "--lr", "2e-3", "--workers", "0"]
     proc = cli(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -1,29 +1,17 @@
 """NPID and DeepCluster-v2 end to end on a Fashion-MNIST subset: they learn, and resume exactly (bad input: test_train)."""
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY
+from conftest import TINY, only_run, train_cli as cli
 
 NPID = ["--problem", "npid", "--num_negatives", "256", "--log_freq", "2", "--lr_schedule", "const"] + TINY
 DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "30", "--kmeans_iters", "3", "--head_hidden_dims", "64",
         "--log_freq", "2", "--lr_schedule", "const"] + TINY
 SMALL = ["--subset", "256"]  # batch 64: 4 steps an epoch; the resumes below start mid-epoch and then cross into the next
-
-
-def cli(args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-
-
-def only_run(root):
-    (folder,) = (root / "runs").iterdir()
-    return folder
 
 
 def interrupted_equals_uninterrupted(tmp_path, args, stop, total):

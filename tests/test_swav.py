@@ -1,26 +1,12 @@
 """SwAV end to end on a Fashion-MNIST subset: the loss falls, the queue switches on and survives a resume, NaN stops cleanly."""
-import os
-import subprocess
-import sys
-
 import pandas as pd
 import torch
 
-from conftest import ROOT, TINY
+from conftest import TINY, only_run, train_cli as cli
 
 SWAV = ["--problem", "swav", "--num_prototypes", "30", "--queue_length", "128", "--epoch_queue_starts", "1",
-        "--freeze_prototypes_niters", "4", "--head_hidden_dims", "64", "--knn_k", "20", "--log_freq", "4",
+        "--freeze_prototypes_niters", "4", "--head_hidden_dims", "64", "--eval_freq", "-1", "--log_freq", "4",
         "--lr_schedule", "const"] + TINY  # 512 images, batch 64: 8 steps an epoch, the queue fills in 2
-
-
-def cli(args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
-def only_run(root):
-    (folder,) = (root / "runs").iterdir()
-    return folder
 
 
 def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):

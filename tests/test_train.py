@@ -65,7 +65,7 @@ def final_weights(folder):
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     args = ["--problem", "simclr", "--iters", "10", "--log_freq", "1", "--save_freq", "1000", "--width", "0.25",
-            "--knn_k", "20"] + TINY[:-4] + ["--opt", "lars", "--lr", "0.5", "--warmup", "0.3", "--workers", "0"]
+            "--eval_freq", "-1"] + TINY[:-4] + ["--opt", "lars", "--lr", "0.5", "--warmup", "0.3", "--workers", "0"]
     whole = run_cli(args + ["--root", str(tmp_path / "a")])
     assert whole.returncode == 0, whole.stderr
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args + ["--root", str(tmp_path / "b")],
@@ -94,10 +94,20 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     assert logs["iter"].tolist() == list(range(1, 11))  # no duplicated or missing rows
 
 
-def test_help_lists_the_flags_of_the_chosen_problem():
-    simclr, evaluation = run_cli(["--problem", "simclr", "--help"]), run_cli(["--problem", "eval", "--help"])
-    assert "--temperature" in simclr.stdout and "--num_crops" in simclr.stdout
-    assert "--encoder_ckpt" in evaluation.stdout and "--temperature" not in evaluation.stdout
+def help_text(problem, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train.main(["--problem", problem, "--help"])
+    assert exit.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_the_flags_of_the_chosen_problem(capsys):
+    simclr, evaluation = help_text("simclr", capsys), help_text("eval", capsys)
+    assert "--temperature" in simclr and "--num_crops" in simclr
+    assert "--encoder_ckpt" in evaluation and "--temperature" not in evaluation
+    npid, dcv2 = help_text("npid", capsys), help_text("dcv2", capsys)
+    assert "--num_negatives" in npid and "--memory_momentum" in npid and "--num_clusters" not in npid
+    assert "--num_clusters" in dcv2 and "--crops_for_mb" in dcv2
 
 
 def write_yaml(path, values):
