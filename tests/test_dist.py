@@ -188,7 +188,7 @@ def test_a_killed_node_ends_the_other_within_the_timeout(tmp_path):
     assert nodes[0].returncode == dist.LOST_GROUP and time.time() - killed < 90
     assert "train.py: error: rank 0 lost the process group (another rank died or hangs)" in err, err
     _, ckpt = checkpoint_of(root)  # the last good checkpoint still loads
-    assert ckpt["step"] >= 2
+    assert ckpt["step"] >= 1  # step 1 was saved before step 2's row; step 2's save may have been cut off
 
 
 def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
