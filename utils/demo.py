@@ -16,10 +16,13 @@ def main(argv=None):
     for flag in ("--root", "--data_root", "--device", "--seed"):
         pick.add_argument(flag)
     shared = [x for k, v in vars(pick.parse_known_args(extra)[0]).items() if v is not None for x in (f"--{k}", v)]
+    # no kNN at the end of pretraining: the probe below computes it on the same features, and the pretraining
+    # keeps its whole time budget for steps
+    quiet = ["--eval_freq", "-1"]
     start = time.time()
-    simclr, _ = train.main(["--config", PRETRAIN, "--name", "simclr"] + extra)
+    simclr, _ = train.main(["--config", PRETRAIN, "--name", "simclr"] + quiet + extra)
     minutes = (time.time() - start) / 60
-    random_init, _ = train.main(["--config", PRETRAIN, "--iters", "0", "--name", "random_init"] + extra)
+    random_init, _ = train.main(["--config", PRETRAIN, "--iters", "0", "--name", "random_init"] + quiet + extra)
     rows = []
     for label, encoder in [("SimCLR", simclr), ("random init", random_init), ("raw pixels", "pixels")]:
         folder, m = train.main(["--config", EVAL, "--encoder_ckpt", encoder, "--name", "linear"] + shared)
