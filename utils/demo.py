@@ -16,8 +16,7 @@ def main(argv=None):
     for flag in ("--root", "--data_root", "--device", "--seed"):
         pick.add_argument(flag)
     shared = [x for k, v in vars(pick.parse_known_args(extra)[0]).items() if v is not None for x in (f"--{k}", v)]
-    # no kNN at the end of pretraining: the probe below computes it on the same features, and the pretraining
-    # keeps its whole time budget for steps
+    # no kNN at the end of pretraining (about a minute): the probes below compute it on the same features
     quiet = ["--eval_freq", "-1"]
     start = time.time()
     simclr, _ = train.main(["--config", PRETRAIN, "--name", "simclr"] + quiet + extra)
