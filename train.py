@@ -61,6 +61,17 @@ def pick_device(args):
 
 def train_step(model, optimizer, batch, scaler):
     """One optimiser step on one batch: (loss, logs) of the model's forward. `scaler` is a no-op unless --amp_dtype fp16."""
+    if isinstance(optimizer, torch.optim.LBFGS):  # its line search evaluates the loss again: a closure
+        first = []
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss, logs = model(batch)
+            loss.backward()
+            first.append((loss, logs))
+            return loss
+        optimizer.step(closure)
+        return first[0]  # the loss before the step, as for the other optimisers
     loss, logs = model(batch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

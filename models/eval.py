@@ -79,6 +79,11 @@ class LinearEval(Problem):
             spec, state = checkpoint.load_backbone(args.encoder_ckpt)
         if spec["in_channels"] != data.train.channels:
             raise UserError(f"the encoder takes {spec['in_channels']}-channel images, {args.data} has {data.train.channels}")
+        if args.opt == "lbfgs" and not args.eval_only:
+            if not args.precompute_features:
+                raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
+            if args.batch_size != len(data.train):
+                raise UserError(f"--opt lbfgs takes the whole training set as one batch: --batch_size {len(data.train)}")
         self.backbone_spec = spec
         self.backbone = build_backbone(spec)
         if state is not None:
@@ -94,7 +99,7 @@ class LinearEval(Problem):
         gen = torch.Generator(device).manual_seed(args.seed * 1000 + dist.rank())
         self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
                                data.train.channels, colour=False, generator=gen)
-        self._features = None
+        self._features = self._full_batch = None
         if args.linear_bn and not self.replicated(args) and dist.world_size() > 1:  # global BatchNorm statistics
             if device.type == "cpu":
                 raise UserError("--linear_bn with --precompute_features false on several processes needs GPUs (SyncBatchNorm)")
@@ -139,10 +144,29 @@ class LinearEval(Problem):
         if not self.args.precompute_features:
             return self.data.train
         feats, labels = self.features()[0]
+        if self.args.opt == "lbfgs":  # the loop's batch only counts: forward reads the whole set (full_batch)
+            feats = feats.new_empty(len(feats), 0)
         return FeatureData(feats, labels, self.data.train.num_classes)
+
+    def full_batch(self):
+        """--opt lbfgs: the training features in dataset order, through the probe's BatchNorm once, whose statistics
+        become those of the whole set: every evaluation of the line search sees the same inputs, bit for bit."""
+        if self._full_batch is None:
+            feats, labels = self.features()[0]
+            norm = self.classifier[0]
+            if isinstance(norm, nn.BatchNorm1d):
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average: after one batch, that batch's mean and variance
+                with torch.no_grad():
+                    feats = norm.train()(feats)
+            self._full_batch = feats, labels
+        return self._full_batch
 
     def forward(self, batch):
         x, y, _ = batch
+        if self.args.opt == "lbfgs":
+            x, y = self.full_batch()
+            return F.cross_entropy(self.classifier[1](x), y), {}
         if self.args.precompute_features:
             feats = x
         else:

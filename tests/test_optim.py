@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from utils.optim import LARS, build_optimizer, lr_at, param_groups
+from utils.optim import LARS, LBFGS, build_optimizer, lr_at, param_groups
 
 
 def test_lars_step_matches_hand_computation():
@@ -89,3 +89,68 @@ def test_build_optimizer_groups():
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
     assert [len(g["params"]) for g in opt.param_groups] == [1, 3]
+
+
+def logistic_problem(seed=0, n=400, d=6, classes=4):
+    """Features and noisy labels of a linear rule: not separable, so the regularised and plain optima exist."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.2, 5, d, dtype=torch.float64)
+    y = (x @ torch.randn(d, classes, generator=g, dtype=torch.float64) + 2 * torch.randn(n, classes, generator=g,
+                                                                                          dtype=torch.float64)).argmax(1)
+    return x, y
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
+    x, y = logistic_problem()
+    net = torch.nn.Linear(x.shape[1], 4).double()
+    args = argparse.Namespace(opt="lbfgs", problem="eval", weight_decay=wd, exclude_bias_and_norm=True, momentum=0.9)
+    opt = build_optimizer(net, args)
+    assert isinstance(opt, LBFGS) and opt.decayed == ([net.weight] if wd else [])
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+    for step in range(1, 201):
+        opt.step(closure)
+        assert opt.state[net.weight]["n_iter"] == step  # one iteration per step
+    # convex objective: a vanishing gradient of loss + wd/2 |W|^2 (bias not decayed) certifies the optimum
+    def objective(model):
+        return torch.nn.functional.cross_entropy(model(x), y) + 0.5 * wd * model.weight.pow(2).sum()
+    grads = torch.autograd.grad(objective(net), [net.weight, net.bias])
+    assert max(g.abs().max().item() for g in grads) < 1e-4
+    # and the same minimum as torch's L-BFGS run the usual way: 500 iterations in one call
+    ref = torch.nn.Linear(x.shape[1], 4).double()
+    once = torch.optim.LBFGS(ref.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def ref_closure():
+        once.zero_grad()
+        loss = objective(ref)
+        loss.backward()
+        return loss
+    once.step(ref_closure)
+    assert objective(net).item() == pytest.approx(objective(ref).item(), abs=1e-8)
+    if wd:
+        return
+    # with torch's default max_eval (1 for max_iter 1) the line search gets no evaluation and stalls far from it
+    stalled = torch.nn.Linear(x.shape[1], 4).double()
+    torch.nn.utils.vector_to_parameters(torch.zeros(4 * x.shape[1] + 4, dtype=torch.float64), stalled.parameters())
+    plain = torch.optim.LBFGS(stalled.parameters(), max_iter=1, line_search_fn="strong_wolfe")
+
+    def plain_closure():
+        plain.zero_grad()
+        loss = torch.nn.functional.cross_entropy(stalled(x), y)
+        loss.backward()
+        return loss
+    for _ in range(200):
+        plain.step(plain_closure)
+    assert objective(stalled).item() > objective(net).item() + 1e-3
+
+
+def test_lbfgs_is_for_linear_probes_only():
+    from utils.config import UserError
+    args = argparse.Namespace(opt="lbfgs", problem="simclr", weight_decay=0.0, exclude_bias_and_norm=True, momentum=0.9)
+    with pytest.raises(UserError, match="--opt lbfgs is for linear probes"):
+        build_optimizer(torch.nn.Linear(2, 2), args)

@@ -54,6 +54,23 @@ def test_raw_pixel_and_random_init_baselines(tmp_path):
     assert torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)["step"] == 0
 
 
+def test_lbfgs_probe_resumed_equals_uninterrupted(tmp_path):
+    """The full-batch L-BFGS probe: its curvature history is in the checkpoint, so a resumed probe ends the same."""
+    args = ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "512", "--batch_size", "512", "--opt", "lbfgs",
+            "--lr", "1", "--lr_scaling", "none", "--lr_schedule", "const", "--linear_bn", "true", "--log_freq", "5",
+            "--knn_k", "20"]
+    whole, metrics = train.main(args + ["--iters", "20", "--root", str(tmp_path / "a")])
+    half, _ = train.main(args + ["--iters", "10", "--root", str(tmp_path / "b")])
+    resumed, again = train.main(["--resume", half, "--iters", "20"])
+    a, b = final_weights(whole), final_weights(resumed)
+    assert b["step"] == 20 and b["optimizer"]["state"][0]["n_iter"] == 20
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert again == metrics and metrics["test_acc1"] > 60
+    losses = pd.read_csv(os.path.join(whole, "logs.csv"))["train_loss"].dropna()
+    assert (losses.diff().dropna() < 0).all()  # a line search never goes uphill
+
+
 def run_cli(args, **kw):
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, capture_output=True, text=True,
                           cwd=ROOT, **kw)
@@ -142,6 +159,12 @@ BAD = {
                           "--num_clusters 600 exceeds the 512 images of a rank's memory bank"),
     "crops for the bank": (lambda d: ["--problem", "dcv2", "--crops_for_mb", "0", "2"],
                            "--crops_for_mb [0, 2] names crops beyond the 2 there are"),
+    "lbfgs pretraining": (lambda d: ["--subset", "256", "--arch", "resnet18", "--width", "0.125", "--opt", "lbfgs"],
+                          "--opt lbfgs is for linear probes"),
+    "lbfgs minibatch": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "100", "--batch_size", "50",
+                                   "--opt", "lbfgs"], "--opt lbfgs takes the whole training set as one batch: --batch_size 100"),
+    "lbfgs augmented": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "100", "--batch_size", "100",
+                                   "--opt", "lbfgs", "--precompute_features", "false"], "--opt lbfgs needs --precompute_features true"),
     "bank kNN without NPID": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--knn_memory_bank", "true"],
                               "--knn_memory_bank needs --encoder_ckpt"),
 }

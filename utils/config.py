@@ -81,7 +81,8 @@ def add_common_args(p):
     g.add_argument("--batch_size", type=int, default=256, help="global batch size in images, over all processes")
     g.add_argument("--epochs", type=float, default=100, help="length of training in epochs")
     g.add_argument("--iters", type=int, default=-1, help="total optimiser steps; overrides --epochs when >= 0")
-    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw"], help="optimiser")
+    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw", "lbfgs"],
+                   help="optimiser; lbfgs: full-batch L-BFGS, one iteration per step, for --problem eval on precomputed features")
     g.add_argument("--lr", type=float, default=0.3, help="base learning rate for a batch of 256, scaled by --lr_scaling")
     g.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt", "none"],
                    help="lr = base * batch/256 (linear), * sqrt(batch/256) (sqrt), or as given (none)")
