@@ -100,6 +100,16 @@ def logistic_problem(seed=0, n=400, d=6, classes=4):
     return x, y
 
 
+def closure_of(opt, objective):
+    """The closure L-BFGS re-evaluates: gradients of objective() from zero."""
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+    return closure
+
+
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
     x, y = logistic_problem()
@@ -107,12 +117,7 @@ def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
     args = argparse.Namespace(opt="lbfgs", problem="eval", weight_decay=wd, exclude_bias_and_norm=True, momentum=0.9)
     opt = build_optimizer(net, args)
     assert isinstance(opt, LBFGS) and opt.decayed == ([net.weight] if wd else [])
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        return loss
+    closure = closure_of(opt, lambda: torch.nn.functional.cross_entropy(net(x), y))
     for step in range(1, 201):
         opt.step(closure)
         assert opt.state[net.weight]["n_iter"] == step  # one iteration per step
@@ -124,13 +129,7 @@ def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
     # and the same minimum as torch's L-BFGS run the usual way: 500 iterations in one call
     ref = torch.nn.Linear(x.shape[1], 4).double()
     once = torch.optim.LBFGS(ref.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def ref_closure():
-        once.zero_grad()
-        loss = objective(ref)
-        loss.backward()
-        return loss
-    once.step(ref_closure)
+    once.step(closure_of(once, lambda: objective(ref)))
     assert objective(net).item() == pytest.approx(objective(ref).item(), abs=1e-8)
     if wd:
         return
@@ -138,12 +137,7 @@ def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
     stalled = torch.nn.Linear(x.shape[1], 4).double()
     torch.nn.utils.vector_to_parameters(torch.zeros(4 * x.shape[1] + 4, dtype=torch.float64), stalled.parameters())
     plain = torch.optim.LBFGS(stalled.parameters(), max_iter=1, line_search_fn="strong_wolfe")
-
-    def plain_closure():
-        plain.zero_grad()
-        loss = torch.nn.functional.cross_entropy(stalled(x), y)
-        loss.backward()
-        return loss
+    plain_closure = closure_of(plain, lambda: torch.nn.functional.cross_entropy(stalled(x), y))
     for _ in range(200):
         plain.step(plain_closure)
     assert objective(stalled).item() > objective(net).item() + 1e-3
