@@ -195,3 +195,12 @@ def test_every_config_parses(config):
     from utils.config import parse_args
     args = parse_args(["--config", os.path.join(ROOT, "configs", config)], train.PROBLEMS)
     assert args.problem in train.PROBLEMS and args.given
+
+
+def test_demo_flags_never_train_the_random_init_backbone(monkeypatch):
+    from utils.config import parse_args
+    from utils.demo import pretrain_argvs
+    monkeypatch.chdir(ROOT)  # the demo names its configs relative to the repository
+    simclr, random_init = (parse_args(argv, train.PROBLEMS) for argv in pretrain_argvs(["--iters", "1000", "--seed", "1"]))
+    assert (simclr.iters, simclr.seed, simclr.eval_freq) == (1000, 1, -1)
+    assert (random_init.iters, random_init.seed, random_init.name) == (0, 1, "random_init")

@@ -9,6 +9,15 @@ import train
 PRETRAIN, EVAL = "configs/fmnist_simclr.yaml", "configs/fmnist_eval.yaml"
 
 
+def pretrain_argvs(extra):
+    """The SimCLR run's and the random-init run's command lines; the user's flags go to both, but never
+    give the random-init backbone training steps (`--iters 0` comes last, so it wins)."""
+    # no kNN at the end of pretraining (about a minute): the probes compute it on the same features
+    quiet = ["--eval_freq", "-1"]
+    return (["--config", PRETRAIN, "--name", "simclr"] + quiet + extra,
+            ["--config", PRETRAIN, "--name", "random_init"] + quiet + extra + ["--iters", "0"])
+
+
 def main(argv=None):
     extra = list(sys.argv[1:] if argv is None else argv)
     # flags every run of the demo shares; the rest only go to the pretraining runs
@@ -16,12 +25,11 @@ def main(argv=None):
     for flag in ("--root", "--data_root", "--device", "--seed"):
         pick.add_argument(flag)
     shared = [x for k, v in vars(pick.parse_known_args(extra)[0]).items() if v is not None for x in (f"--{k}", v)]
-    # no kNN at the end of pretraining (about a minute): the probes below compute it on the same features
-    quiet = ["--eval_freq", "-1"]
+    simclr_argv, random_init_argv = pretrain_argvs(extra)
     start = time.time()
-    simclr, _ = train.main(["--config", PRETRAIN, "--name", "simclr"] + quiet + extra)
+    simclr, _ = train.main(simclr_argv)
     minutes = (time.time() - start) / 60
-    random_init, _ = train.main(["--config", PRETRAIN, "--iters", "0", "--name", "random_init"] + quiet + extra)
+    random_init, _ = train.main(random_init_argv)
     rows = []
     for label, encoder in [("SimCLR", simclr), ("random init", random_init), ("raw pixels", "pixels")]:
         folder, m = train.main(["--config", EVAL, "--encoder_ckpt", encoder, "--name", "linear"] + shared)
