@@ -1,9 +1,9 @@
 """Self-supervised pretraining and evaluation: python train.py --config configs/X.yaml [--flag value ...].
 
-One loop for every problem. A problem class (models/) brings its flags, its data, its model and
-loss (`forward(batch) -> (loss, logs)`), and optionally two hooks: `on_epoch_start` and `after_step`.
+One loop for every problem. A problem class (models/) brings its flags, data, model and loss and at
+most a few hooks (models/base.py states the contract); this file runs it on one process or many,
+logs, checkpoints, resumes, and stops cleanly on a signal or a non-finite step.
 """
-import argparse
 import os
 import signal
 import sys
@@ -12,33 +12,20 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.loader import TrainBatches, steps_per_epoch, total_steps
-from models.base import NonFinite
+from data.loader import steps_per_epoch, total_steps
+from models.base import rank_seed
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
 from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
 from utils import checkpoint, dist
-from utils.config import UserError, parse_args
-from utils.optim import build_optimizer, lr_at
+from utils.config import parse_args
+from utils.errors import UserError
+from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
 
 PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2, "eval": LinearEval}
-LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device")
-
-
-def resume_args(args):
-    """The saved flags of the run to resume, with the flags typed on this command line on top."""
-    path = checkpoint.resolve(args.resume)
-    saved = checkpoint.load(path)["args"]
-    if "problem" in args.explicit and args.problem != saved["problem"]:
-        raise UserError(f"--resume {args.resume} is a '{saved['problem']}' run, not '{args.problem}'")
-    launch = {k: getattr(args, k) for k in LAUNCH_FLAGS}  # where and how to run: from this command line, not the saved run
-    merged = dict(saved, **launch)
-    merged.update({k: getattr(args, k) for k in args.explicit if k not in ("resume", "config")})
-    merged.update(resume=path, explicit=[], given=sorted(saved))
-    return argparse.Namespace(**merged)
 
 
 class StopFlag:
@@ -59,26 +46,15 @@ def pick_device(args):
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def train_step(model, optimizer, batch, scaler):
-    """One optimiser step on one batch: (loss, logs) of the model's forward. `scaler` is a no-op unless --amp_dtype fp16."""
-    if isinstance(optimizer, torch.optim.LBFGS):  # its line search evaluates the loss again: a closure
-        first = []
-
-        def closure():
-            optimizer.zero_grad(set_to_none=True)
-            loss, logs = model(batch)
-            loss.backward()
-            first.append((loss, logs))
-            return loss
-        optimizer.step(closure)
-        return first[0]  # the loss before the step, as for the other optimisers
-    loss, logs = model(batch)
+def train_step(net, optimizer, batch, step, scaler):
+    """One optimiser step on one batch: (loss, logs, out) of the problem's forward. `scaler` is a no-op unless fp16."""
+    loss, logs, out = net(batch, step)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    getattr(model, "module", model).after_backward()  # the problem itself, inside DDP or not
+    getattr(net, "module", net).after_backward(step)  # the problem itself, inside DDP or not
     scaler.step(optimizer)
     scaler.update()
-    return loss, logs
+    return loss, logs, out
 
 
 def check_launch(args):
@@ -101,123 +77,156 @@ def distribute(model, args, device):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+class Run:
+    """A run in progress, from `step` to `total`: the schedule, logs.csv rows, evaluations, checkpoints, stop
+    signals and the non-finite check. A problem's `fit` calls `set_lr()` before and `step_done()` after each step."""
+
+    def __init__(self, args, model, net, optimizer, scaler, folder, log, step):
+        self.args, self.model, self.net, self.optimizer, self.scaler = args, model, net, optimizer, scaler
+        self.folder, self.log, self.step, self.saved_step = folder, log, step, step if args.resume else None
+        self.steps_per_epoch = steps_per_epoch(len(model.train_data()), args.batch_size)
+        self.total = total_steps(args, len(model.train_data()))
+        self.done, self.stopped_by, self.lr = step >= self.total, None, 0.0
+        self.stop = StopFlag()
+        # non-finite loss or gradients since the last check, kept on the device: reading it costs a GPU a sync
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=model.device)
+        self.checked_step = step
+        self.loss_sum, self.loss_count, self.images, self.tick = torch.zeros((), device=model.device), 0, 0, time.time()
+        self.bar = tqdm(total=self.total, initial=step, desc=args.problem, disable=not dist.is_main() or self.done,
+                        leave=False, dynamic_ncols=True)
+
+    def set_lr(self):
+        self.lr = lr_at(self.step, self.total, self.steps_per_epoch, self.args)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def loop(self):
+        """The shared training loop: epochs of batches, one optimiser step each, until done or stopped."""
+        model, batches = self.model, self.model.train_batches()
+        while not self.done:
+            epoch = self.step // self.steps_per_epoch
+            model.on_epoch_start(epoch, batches)
+            for batch in batches.epoch(epoch, start=self.step % self.steps_per_epoch):
+                self.set_lr()
+                loss, logs, out = train_step(self.net, self.optimizer, batch, self.step, self.scaler)
+                model.after_step(self.step, out)
+                if self.step_done(loss, logs, out, self.args.batch_size):
+                    break
+
+    def step_done(self, loss, logs, out, images):
+        """Bookkeeping after optimiser step `self.step` (loss, logs and out from it); True when the fit must stop."""
+        args, taken = self.args, self.step
+        self.nonfinite |= ~torch.isfinite(loss.detach())
+        if not self.scaler.is_enabled():  # fp16's scaler skips steps with infinite gradients on purpose
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                self.nonfinite |= ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+        self.step += 1
+        self.loss_sum += loss.detach()
+        self.loss_count += 1
+        self.images += images
+        self.bar.update(1)
+        at_end = self.step >= self.total
+        log_due = self.step % args.log_freq == 0 or at_end
+        save_due = self.step % args.save_freq == 0 or at_end
+        check = self.model.device.type == "cpu" or log_due or save_due  # a GPU reads the flag only here
+        signalled, bad = self.poll(check)
+        if bad:
+            self.fail_nonfinite(taken, loss, out)
+        if check:
+            self.checked_step = self.step
+        if log_due:
+            rate = self.images / (time.time() - self.tick)
+            train_loss = dist.all_reduce_mean(self.loss_sum).item() / self.loss_count
+            self.bar.set_postfix(epoch=f"{self.step / self.steps_per_epoch:.2f}", loss=f"{train_loss:.4f}",
+                                 lr=f"{self.lr:.4g}", img_s=f"{rate:.0f}")
+            if self.log:
+                self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, lr=self.lr, train_loss=train_loss,
+                             img_per_s=rate, **{k: float(v) for k, v in logs.items()})
+            self.loss_sum.zero_()
+            self.loss_count, self.images, self.tick = 0, 0, time.time()
+        if args.eval_freq > 0 and self.step % args.eval_freq == 0 and not at_end:
+            self.evaluate()
+            self.model.train()
+            self.tick = time.time()
+        if save_due or signalled:
+            self.save()
+        if signalled:
+            self.stopped_by = self.stop.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
+        self.done = at_end or signalled
+        return self.done
+
+    def poll(self, check):
+        """(a stop signal reached any rank, a non-finite step on any rank); the latter only read when `check`."""
+        signalled = self.stop.signal is not None
+        if dist.world_size() > 1:  # every rank decides the same: one all-reduce of both flags
+            flags = torch.stack([torch.tensor(float(signalled), device=self.model.device), (self.nonfinite & check).float()])
+            signalled, bad = (dist.all_reduce_sum(flags) > 0).tolist()
+            return signalled, bad
+        return signalled, check and bool(self.nonfinite)
+
+    def fail_nonfinite(self, taken, loss, out):
+        """Stop with exit code 1; the step's tensors go to the run folder when it is the step that turned bad."""
+        self.bar.close()
+        if self.checked_step == taken:  # every earlier step was checked: this one is the culprit
+            dump = os.path.join(self.folder, f"nonfinite_step{taken}_rank{dist.rank()}.pt")
+            torch.save(out, dump)
+            what = f"{self.args.problem} loss is {loss.item():g} at step {taken}"
+            if torch.isfinite(loss):
+                what = f"{self.args.problem} gradients are not finite at step {taken} (loss {loss.item():.4g})"
+            what += f"; that step's tensors are in {dump}"
+        else:
+            what = f"{self.args.problem} loss or gradients turned non-finite between steps {self.checked_step} and {taken}"
+        kept = f"the checkpoint of step {self.saved_step} is untouched" if self.saved_step is not None else "no checkpoint was written"
+        print(f"train.py: error: {what}; {kept}", file=sys.stderr)
+        sys.exit(1)
+
+    def save(self):
+        checkpoint.save(self.folder, self.step, self.step // self.steps_per_epoch, self.args, self.model, self.optimizer,
+                        self.scaler)
+        self.saved_step = self.step
+
+    def evaluate(self):
+        metrics = self.model.evaluate()
+        if self.log:
+            self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
+            self.log.print(f"step {self.step}: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        return metrics
+
+
 def run(args):
     device = pick_device(args)
     torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest convolutions
-    Problem = PROBLEMS[args.problem]
-    data = Problem.load_data(args)
-    for d in (data.train, data.test, data.knn_train):
-        d.to(device)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model = Problem(args, data, device).to(device)
-    torch.manual_seed(args.seed * 1000 + dist.rank())
-    shards = 1 if Problem.replicated(args) else dist.world_size()  # processes that split each batch
+    model = PROBLEMS[args.problem].build(args, device).to(device)
+    args = model.args  # with what the problem resolved (an evaluation's data flags come from its encoder)
+    torch.manual_seed(rank_seed(args.seed))
     if args.batch_size > len(model.train_data()):
         raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
     net = distribute(model, args, device)
-    optimizer = build_optimizer(model, args)
+    optimizer = model.make_optimizer()
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
-    step = 0
+    step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
     if args.resume:
-        ckpt = checkpoint.load(args.resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt.get("scaler", {}))
-        step = ckpt["step"]
-        states = ckpt["rng"]
-        if len(states) == dist.world_size():
-            checkpoint.set_rng_state(states[dist.rank()], model.augment.gen)
-            model.load_rank_state(ckpt["rank_state"][dist.rank()])
-        else:  # another number of processes: fresh streams, still distinct per rank and per resume point
-            model.augment.gen.manual_seed((args.seed * 1000 + dist.rank()) * 1000003 + step)
         folder = os.path.dirname(args.resume)
     else:
         folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
     log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
-    saved_args = {k: v for k, v in vars(args).items() if k not in ("explicit", "given")}
-
-    def save(step):
-        per_rank = dist.all_gather_object((checkpoint.rng_state(model.augment.gen), model.rank_state()))
-        if dist.is_main():
-            state = dict(args=saved_args, step=step, epoch=step // spe, model=model.state_dict(),
-                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank],
-                         backbone_spec=model.backbone_spec)
-            checkpoint.save_atomic(state, os.path.join(folder, checkpoint.CHECKPOINT))
-            checkpoint.save_atomic(dict(args=saved_args, backbone_spec=model.backbone_spec,
-                                        backbone=model.backbone.state_dict()), os.path.join(folder, checkpoint.BACKBONE))
-        dist.barrier()  # no rank exits (and gets its peers stopped) while rank 0 writes
-
-    def evaluate(step):
-        metrics = model.evaluate()
-        if log:
-            log.row(iter=step, epoch=step / spe, **metrics)
-            log.print(f"step {step}: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-        return metrics
-
     if log:
-        log.print(f"{'resuming' if args.resume else 'run folder'} {folder}" + (f" at step {step}" if args.resume else ""))
-    train = model.train_data()
-    batches = TrainBatches(train, args.batch_size, args.seed, device, crops=model.augment.crops, workers=args.workers,
-                           rank=dist.rank() if shards > 1 else 0, world_size=shards)
-    spe = steps_per_epoch(len(train), args.batch_size)
-    total = 0 if getattr(args, "eval_only", False) else total_steps(args, len(train))
-    stop = StopFlag()
+        log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
+    state = Run(args, model, net, optimizer, scaler, folder, log, step)
     model.train()
-    loss_sum, loss_count, tick, images = torch.zeros((), device=device), 0, time.time(), 0
-    stopping = False
-    while step < total and not stopping:
-        epoch = step // spe
-        model.on_epoch_start(epoch, batches)
-        bar = tqdm(total=min(spe, total - epoch * spe), initial=step % spe, desc=f"epoch {epoch}",
-                   disable=not dist.is_main(), leave=False, dynamic_ncols=True)
-        for batch in batches.epoch(epoch, start=step % spe):
-            lr = lr_at(step, total, spe, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.step = step
-            try:
-                loss, logs = train_step(net, optimizer, batch, scaler)
-            except NonFinite as e:
-                dump = os.path.join(folder, f"nonfinite_step{step}_rank{dist.rank()}.pt")
-                torch.save(e.tensors, dump)
-                print(f"train.py: error: {e}; that step's tensors are in {dump}; the checkpoint of the last saved step is "
-                      f"untouched", file=sys.stderr)
-                sys.exit(1)
-            model.after_step(batch, logs)
-            step += 1
-            loss_sum += loss.detach()
-            loss_count += 1
-            images += args.batch_size
-            bar.update(1)
-            if step % args.log_freq == 0 or step == total:
-                rate = images / (time.time() - tick)
-                train_loss = dist.all_reduce_mean(loss_sum).item() / loss_count
-                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
-                if log:
-                    log.row(iter=step, epoch=step / spe, lr=lr, train_loss=train_loss, img_per_s=rate,
-                            **{k: float(v) for k, v in logs.items()})
-                loss_sum.zero_()
-                loss_count, tick, images = 0, time.time(), 0
-            if args.eval_freq > 0 and step % args.eval_freq == 0 and step < total:
-                evaluate(step)
-                model.train()
-                tick = time.time()
-            stopping = dist.any_rank(stop.signal is not None, device)  # all ranks stop after the same step
-            if step % args.save_freq == 0 or step == total or stopping:
-                save(step)
-            if step >= total or stopping:
-                break
-        bar.close()
-    if stopping:
-        signum = stop.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
+    model.fit(state)
+    state.bar.close()
+    if state.stopped_by:
         if log:
             again = " and the same launch flags (--dist ddp ..., or under torchrun)" if dist.world_size() > 1 else ""
-            log.print(f"stopped by signal {signum} at step {step}; continue with: python train.py --resume {folder}{again}")
-        sys.exit(128 + signum)
-    if step == 0 and not args.resume:
-        save(0)
-    metrics = evaluate(step) if args.eval_freq >= 0 else {}
+            log.print(f"stopped by signal {state.stopped_by} at step {state.step}; "
+                      f"continue with: python train.py --resume {folder}{again}")
+        sys.exit(128 + state.stopped_by)
+    if state.step == 0 and not args.resume:
+        state.save()
+    metrics = state.evaluate() if args.eval_freq >= 0 else {}
     if log:
         log.print(f"done {args.problem} {folder} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     return folder, metrics
@@ -226,8 +235,6 @@ def run(args):
 def main(argv=None):
     try:
         args = parse_args(argv, PROBLEMS)
-        if args.resume:
-            args = resume_args(args)
         check_launch(args)
         return dist.launch(run, args)
     except UserError as e:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.config import UserError
+from utils.errors import UserError
 
 FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
 STATS = {  # per-channel mean and std of the training images, in [0, 1]

@@ -1,14 +1,37 @@
-"""What every pretraining method shares: data, backbone, augmentation, kNN monitor, and the loop's hooks."""
+"""The contract between train.py's loop and a problem, and what every pretraining method shares.
+
+A problem is an nn.Module built by `Problem.build(args, device)`. The loop calls, in this order:
+- `on_epoch_start(epoch, batches)`: start of every epoch, or of the rest of one on resume (DeepCluster-v2
+  clusters here, SwAV switches its queue on);
+- `forward(batch, step) -> (loss, logs, out)`: `logs` are floats for logs.csv, `out` the step's detached
+  tensors, written to the run folder if the step turns out non-finite and handed to the hooks below;
+- `after_backward(step)`: gradients are ready, the optimiser has not stepped (SwAV drops frozen prototypes');
+- `after_step(step, out)`: the optimiser has stepped (memory banks and queues are updated here);
+- `evaluate() -> metrics`, at --eval_freq and at the end.
+`fit(run)` trains from run.step to run.total; the default is the loop (the L-BFGS probe has its own).
+Every random draw of a problem comes from its own generators (`self.generator(name)`), which checkpoints
+save per rank; `rank_state()` is the rest of a rank's own state (a queue, a bank). Checkpoints also
+export `backbone` (an nn.Module) with `backbone_spec` (the dict that rebuilds it).
+"""
 import types
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from data.augment import from_args
 from data.datasets import fixed_subset, load_dataset
-from models.backbones import backbone_spec, build_backbone
+from data.loader import TrainBatches
+from models.backbones import backbone_spec, build_backbone, multicrop_forward
+from models.heads import head_from_args
 from models.knn import extract_features, knn_accuracy
-from utils import config, dist
+from utils import config, dist, optim
+from utils.errors import UserError
+
+
+def rank_seed(seed, stream=0):
+    """The seed of random stream `stream` on this rank: distinct per rank, per stream and per --seed."""
+    return (stream << 32) + seed * 1000 + dist.rank()
 
 
 def autocast(args, device):
@@ -17,74 +40,45 @@ def autocast(args, device):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=args.amp)
 
 
-def load_data(args, pretrain):
-    """train (what the loop iterates), test, and knn_train (the labeled training images for kNN)."""
+def load_data(args, pretrain, device):
+    """train (what the loop iterates), test, and knn_train (the labeled training images for kNN), on `device`."""
     train = fixed_subset(load_dataset(args.data, args.data_root, "pretrain" if pretrain else "train"), args.subset, args.seed)
     test = load_dataset(args.data, args.data_root, "test")
     knn_train = train
     if (train.labels < 0).any():  # STL-10's unlabeled images: kNN uses the labeled split
         knn_train = fixed_subset(load_dataset(args.data, args.data_root, "train"), args.subset, args.seed)
+    for d in (train, test, knn_train):
+        d.to(device)
     return types.SimpleNamespace(train=train, test=test, knn_train=knn_train)
 
 
-class NonFinite(Exception):
-    """A step's loss or codes are not finite: `tensors` are written to the run folder before training stops."""
-
-    def __init__(self, message, tensors):
-        super().__init__(message)
-        self.tensors = tensors
-
-
 class Problem(nn.Module):
-    """What the loop calls besides `forward(batch) -> (loss, logs)` and `evaluate()`; all optional."""
+    """What the loop calls (see the module's docstring); every hook is optional."""
 
-    step = 0  # the optimiser step being taken, set by the loop before each forward
+    def __init__(self, args, data, device):
+        super().__init__()
+        self.args, self.data, self.device = args, data, device
+        self.generators = {}
+
+    @classmethod
+    def build(cls, args, device):
+        """Load the data and build the problem; the run records `model.args`, the flags it resolved."""
+        return cls(args, load_data(args, pretrain=True, device=device), device)
 
     @staticmethod
     def replicated(args):
         """False: under DDP every rank trains on its part of each global batch."""
         return False
 
-    def on_epoch_start(self, epoch, batches):
-        """Hook: start of every epoch, or of the rest of one on resume; `batches` is the loop's TrainBatches
-        (DeepCluster-v2 fills its memory bank from it and clusters here; SwAV switches its queue on)."""
+    def generator(self, name):
+        """A new random generator on the device, owned by this problem, saved per rank in checkpoints."""
+        self.generators[name] = torch.Generator(self.device).manual_seed(rank_seed(self.args.seed, len(self.generators)))
+        return self.generators[name]
 
-    def after_backward(self):
-        """Hook: gradients are ready, the optimiser has not stepped (SwAV drops frozen prototypes' gradients)."""
-
-    def after_step(self, batch, logs):
-        """Hook: after every optimiser step (memory banks and queues are updated here)."""
-
-    def rank_state(self):
-        """This rank's own state (a queue, say): the checkpoint keeps every rank's."""
-        return {}
-
-    def load_rank_state(self, state):
-        pass
-
-
-class Pretrain(Problem):
-    """Backbone + augmentation. A method subclasses it, adds its head and defines `forward(batch) -> (loss, logs)`."""
-
-    @staticmethod
-    def add_args(p):
-        config.add_backbone_args(p)
-        config.add_augment_args(p)
-
-    @staticmethod
-    def load_data(args):
-        return load_data(args, pretrain=True)
-
-    def __init__(self, args, data, device):
-        super().__init__()
-        self.args, self.data, self.device = args, data, device
-        self.backbone_spec = backbone_spec(args, data.train)
-        self.backbone = build_backbone(self.backbone_spec)
-        gen = torch.Generator(device).manual_seed(args.seed * 1000 + dist.rank())
-        try:
-            self.augment = from_args(args, data.train, gen)
-        except ValueError as e:
-            raise config.UserError(str(e))
+    def reseed(self, step):
+        """Fresh streams for a resume on another number of processes: still distinct per rank and resume point."""
+        for stream, gen in enumerate(self.generators.values()):
+            gen.manual_seed(rank_seed(self.args.seed, stream) * 1000003 + step)
 
     def autocast(self):
         return autocast(self.args, self.device)
@@ -92,9 +86,76 @@ class Pretrain(Problem):
     def train_data(self):
         return self.data.train
 
-    def evaluate(self):
-        """kNN accuracy of the backbone's features, test images against the labeled training images."""
-        train, test = (extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
-                       for d in (self.data.knn_train, self.data.test))
+    def train_batches(self):
+        """The batches of every epoch: this rank's share of each global batch (all of it when replicated)."""
+        shards = 1 if self.replicated(self.args) else dist.world_size()
+        return TrainBatches(self.train_data(), self.args.batch_size, self.args.seed, self.device, crops=self.augment.crops,
+                            workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards)
+
+    def make_optimizer(self):
+        return optim.build_optimizer(self, self.args)
+
+    def fit(self, run):
+        run.loop()
+
+    def on_epoch_start(self, epoch, batches):
+        pass
+
+    def after_backward(self, step):
+        pass
+
+    def after_step(self, step, out):
+        pass
+
+    def rank_state(self):
+        return {}
+
+    def load_rank_state(self, state):
+        pass
+
+
+class Pretrain(Problem):
+    """Backbone + head + augmentation. A method subclasses it and defines `forward(batch, step)`."""
+
+    @staticmethod
+    def add_args(p):
+        config.add_backbone_args(p)
+        config.add_augment_args(p)
+
+    def __init__(self, args, data, device):
+        super().__init__(args, data, device)
+        self.backbone_spec = backbone_spec(args, data.train)
+        self.backbone = build_backbone(self.backbone_spec)
+        try:
+            self.augment = from_args(args, data.train, self.generator("augment"))
+        except ValueError as e:
+            raise UserError(str(e))
+        self.head = head_from_args(args, self.backbone.feat_dim)
+        self.num_crops = sum(args.num_crops)
+
+    def check_crops(self, flag, crops):
+        """`--<flag>` lists crop indices; each must name one of the crops."""
+        if any(not 0 <= c < self.num_crops for c in crops):
+            raise UserError(f"--{flag} {crops} names crops beyond the {self.num_crops} there are")
+
+    def project(self, crops):
+        """The head's output for a list of crop batches, crop-major, under autocast."""
+        with self.autocast():
+            return self.head(multicrop_forward(self.backbone, crops))
+
+    def embed(self, crops):
+        """The L2-normalized float32 embeddings of a list of crop batches, crop-major."""
+        return F.normalize(self.project(crops).float(), dim=1)
+
+    def features(self):
+        """(features, labels) of the labeled training images and of the test images, from the frozen backbone."""
+        return [extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
+                for d in (self.data.knn_train, self.data.test)]
+
+    def knn(self, train, test):
         k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
         return dict(knn_acc1=k1, knn_acc5=k5)
+
+    def evaluate(self):
+        """kNN accuracy of the backbone's features, test images against the labeled training images."""
+        return self.knn(*self.features())

@@ -5,11 +5,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import steps_per_epoch
-from models.backbones import multicrop_forward
-from models.base import NonFinite, Pretrain
-from models.heads import MLP, head_dims
+from models.base import Pretrain
+from models.knn import eval_mode
 from models.memory import spherical_kmeans
-from utils import config, dist
+from utils import dist
+from utils.errors import UserError
 
 NO_ASSIGNMENT = -100  # cross_entropy's ignore_index: an image not in any bank yet
 
@@ -29,10 +29,7 @@ class DeepClusterV2(Pretrain):
 
     def __init__(self, args, data, device):
         super().__init__(args, data, device)
-        self.num_crops = sum(args.num_crops)
-        if any(not 0 <= c < self.num_crops for c in args.crops_for_mb):
-            raise config.UserError(f"--crops_for_mb {args.crops_for_mb} names crops beyond the {self.num_crops} there are")
-        self.head = MLP(head_dims(args, self.backbone.feat_dim), args.head_use_bn, args.head_use_relu)
+        self.check_crops("crops_for_mb", args.crops_for_mb)
         self.prototypes = nn.ModuleList(nn.Linear(args.embedding_dim, k, bias=False) for k in args.num_clusters)
         self.prototypes.requires_grad_(False)  # centroids, not trained
         # per-rank bank: one slot per image this rank sees in an epoch, overwritten batch by batch
@@ -40,7 +37,7 @@ class DeepClusterV2(Pretrain):
         self.steps_per_epoch = steps_per_epoch(len(data.train), args.batch_size)
         slots = self.steps_per_epoch * self.local_batch
         if max(args.num_clusters) > slots:
-            raise config.UserError(f"--num_clusters {max(args.num_clusters)} exceeds the {slots} images of a rank's memory bank")
+            raise UserError(f"--num_clusters {max(args.num_clusters)} exceeds the {slots} images of a rank's memory bank")
         self.bank = torch.zeros(len(args.crops_for_mb), slots, args.embedding_dim, device=device)
         self.bank_index = torch.full((slots,), -1, dtype=torch.long, device=device)
         self.assignments = torch.full((len(args.num_clusters), len(data.train)), NO_ASSIGNMENT, dtype=torch.long,
@@ -52,7 +49,7 @@ class DeepClusterV2(Pretrain):
 
     def set_extra_state(self, state):
         if state["assignments"].shape != self.assignments.shape:
-            raise config.UserError(f"the checkpoint's cluster assignments cover {state['assignments'].shape[1]} images, "
+            raise UserError(f"the checkpoint's cluster assignments cover {state['assignments'].shape[1]} images, "
                                    f"the training set has {self.assignments.shape[1]}")
         self.assignments.copy_(state["assignments"])
         self.clustered_epoch = state["clustered_epoch"]
@@ -65,21 +62,14 @@ class DeepClusterV2(Pretrain):
             self.bank.copy_(state["bank"])
             self.bank_index.copy_(state["bank_index"])
 
-    def embed(self, crops):
-        with self.autocast():
-            z = self.head(multicrop_forward(self.backbone, crops))
-        return F.normalize(z.float(), dim=1)
-
     @torch.no_grad()
     def fill_bank(self, batches, epoch):
         """One pass over this rank's images (model in eval mode) puts an embedding of each in the bank."""
-        was_training = self.training
-        self.eval()
-        for slot, (x, _, idx) in enumerate(tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
-                                                disable=not dist.is_main(), leave=False)):
-            crops = self.augment(x)
-            self.write_bank(slot, [self.embed([crops[c]]) for c in self.args.crops_for_mb], idx)
-        self.train(was_training)
+        with eval_mode(self):
+            for slot, (x, _, idx) in enumerate(tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
+                                                    disable=not dist.is_main(), leave=False)):
+                crops = self.augment(x)
+                self.write_bank(slot, [self.embed([crops[c]]) for c in self.args.crops_for_mb], idx)
 
     def write_bank(self, slot, embeddings, idx):
         lo = slot * self.local_batch
@@ -106,19 +96,16 @@ class DeepClusterV2(Pretrain):
             self.cluster(epoch)
             self.clustered_epoch = epoch
 
-    def forward(self, batch):
+    def forward(self, batch, step):
         x, _, idx = batch
         z = self.embed(self.augment(x))
         targets = torch.cat([idx] * self.num_crops)
         losses = [F.cross_entropy(layer(z) / self.args.temperature, self.assignments[h][targets],
                                   ignore_index=NO_ASSIGNMENT) for h, layer in enumerate(self.prototypes)]
-        loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
-            raise NonFinite(f"DeepCluster-v2 loss is {loss.item()} at step {self.step}", dict(embeddings=z.detach()))
-        n = len(idx)
-        self._bank_rows = [z[c * n:(c + 1) * n].detach() for c in self.args.crops_for_mb], idx
-        return loss, {}
+        return torch.stack(losses).mean(), {}, dict(embeddings=z.detach(), index=idx)
 
     @torch.no_grad()
-    def after_step(self, batch, logs):
-        self.write_bank(self.step % self.steps_per_epoch, *self._bank_rows)
+    def after_step(self, step, out):
+        z, idx = out["embeddings"], out["index"]
+        n = len(idx)
+        self.write_bank(step % self.steps_per_epoch, [z[c * n:(c + 1) * n] for c in self.args.crops_for_mb], idx)

@@ -20,6 +20,7 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-def head_dims(args, feat_dim):
+def head_from_args(args, feat_dim):
+    """The MLP of the head flags on features of width `feat_dim`: hidden widths (-1 = feat_dim), then embedding_dim."""
     hidden = [feat_dim if d == -1 else d for d in args.head_hidden_dims]
-    return [feat_dim] + hidden + [args.embedding_dim]
+    return MLP([feat_dim] + hidden + [args.embedding_dim], args.head_use_bn, args.head_use_relu)

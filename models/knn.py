@@ -1,4 +1,4 @@
-"""Frozen-feature extraction and the weighted kNN classifier."""
+"""Frozen-feature extraction and the weighted kNN classifier (on backbone features, or against NPID's memory bank)."""
 import contextlib
 
 import torch
@@ -9,21 +9,30 @@ from data.loader import eval_batches
 from utils import dist
 
 
+@contextlib.contextmanager
+def eval_mode(module):
+    """`module` in eval mode (BatchNorm uses its running statistics) inside the block, its former mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def extract_features(backbone, data, device, batch_size=512, workers=0, autocast=contextlib.nullcontext):
     """(features, labels) of every image of `data`, in order, un-augmented, backbone in eval mode.
 
     Distributed, rank r embeds images r, r+W, ... and every rank gets all the features.
     """
-    was_training = backbone.training
-    backbone.eval()
     feats, labels = [], []
     mine = torch.arange(dist.rank(), len(data), dist.world_size())
-    for x, y in eval_batches(data, batch_size, device, workers, indices=mine):
-        with autocast():
-            feats.append(backbone(eval_view(x, data.mean, data.std)).float())
-        labels.append(y)
-    backbone.train(was_training)
+    with eval_mode(backbone):
+        for x, y in eval_batches(data, batch_size, device, workers, indices=mine):
+            with autocast():
+                feats.append(backbone(eval_view(x, data.mean, data.std)).float())
+            labels.append(y)
     return dist.gather_strided(torch.cat(feats), len(data)), dist.gather_strided(torch.cat(labels), len(data))
 
 
@@ -43,3 +52,12 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes
         correct1 += (top[:, :1] == y).sum().item()
         correct5 += (top == y).any(dim=1).sum().item()
     return 100.0 * correct1 / len(test_feats), 100.0 * correct5 / len(test_feats)
+
+
+@torch.no_grad()
+def bank_knn(head, memory_bank, bank_labels, test, num_classes, k, t, autocast):
+    """NPID's native kNN: the head's embeddings of the test features `test` = (features, labels) against the bank."""
+    with eval_mode(head), autocast():
+        v = head(test[0])
+    k1, k5 = knn_accuracy(memory_bank, bank_labels, v.float(), test[1], num_classes, k, t)
+    return dict(bank_knn_acc1=k1, bank_knn_acc5=k5)

@@ -62,10 +62,11 @@ def swav_loss(scores, num_crops, crops_for_assign, temperature=0.1, epsilon=0.05
     the j-th assigned crop's queue scores, prepended when given; only the last n rows are kept; one-hot
     of the row argmax when `hard`), and for every other crop p the cross-entropy
     -sum_k q_a[i, k] log softmax(scores_p[i] / T)[k], averaged over i and over p; then the mean over a.
+    Returns the loss and the list of codes q_a.
     """
     n = scores.shape[0] // num_crops
     log_probs = F.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature, dim=1)
-    total = 0.0
+    total, codes = 0.0, []
     for j, a in enumerate(crops_for_assign):
         assign = scores[a * n:(a + 1) * n].detach()
         if queue_scores is not None and queue_scores[j] is not None:
@@ -73,9 +74,10 @@ def swav_loss(scores, num_crops, crops_for_assign, temperature=0.1, epsilon=0.05
         q = sinkhorn(assign, epsilon, num_iters)[-n:]
         if hard:
             q = F.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
+        codes.append(q)
         others = [p for p in range(num_crops) if p != a]
         total = total + sum(-(q * log_probs[p * n:(p + 1) * n]).sum(dim=1).mean() for p in others) / len(others)
-    return total / len(crops_for_assign)
+    return total / len(crops_for_assign), codes
 
 
 def nce_loss(scores, z_const, num_data, eps=1e-7):

@@ -2,12 +2,12 @@
 import torch
 import torch.nn.functional as F
 
-from models.base import NonFinite, Pretrain
-from models.heads import MLP, head_dims
-from models.knn import extract_features, knn_accuracy
+from models.base import Pretrain
+from models.knn import bank_knn
 from models.losses import nce_loss
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives
-from utils import config, dist
+from utils import dist
+from utils.errors import UserError
 
 
 class NPID(Pretrain):
@@ -26,9 +26,9 @@ class NPID(Pretrain):
 
     def __init__(self, args, data, device):
         super().__init__(args, data, device)
-        if sum(args.num_crops) != 1:
-            raise config.UserError(f"NPID takes one crop per image, not --num_crops {args.num_crops}")
-        self.head = MLP(head_dims(args, self.backbone.feat_dim), args.head_use_bn, args.head_use_relu)
+        if self.num_crops != 1:
+            raise UserError(f"NPID takes one crop per image, not --num_crops {args.num_crops}")
+        self.negatives = self.generator("negatives")
         # the same bank on every rank: one generator seeded alike everywhere
         self.memory_bank = init_memory_bank(len(data.train), args.embedding_dim,
                                             torch.Generator(device).manual_seed(args.seed))
@@ -39,22 +39,16 @@ class NPID(Pretrain):
 
     def set_extra_state(self, state):
         if state["memory_bank"].shape != self.memory_bank.shape:
-            raise config.UserError(f"the checkpoint's memory bank has {len(state['memory_bank'])} rows, "
-                                   f"the training set {len(self.memory_bank)} images")
+            raise UserError(f"the checkpoint's memory bank has {len(state['memory_bank'])} rows, "
+                            f"the training set {len(self.memory_bank)} images")
         self.memory_bank.copy_(state["memory_bank"])
         self.z_const = state["z_const"]
 
-    def embed(self, images):
-        with self.autocast():
-            v = self.head(self.backbone(images))
-        return F.normalize(v.float(), dim=1)
-
-    def forward(self, batch):
+    def forward(self, batch, step):
         x, _, idx = batch
-        (crop,) = self.augment(x)
-        v = self.embed(crop)
+        v = self.embed(self.augment(x))
         size = len(self.memory_bank)
-        rows = torch.cat([idx[:, None], sample_negatives(len(idx), self.args.num_negatives, size, self.augment.gen)], 1)
+        rows = torch.cat([idx[:, None], sample_negatives(len(idx), self.args.num_negatives, size, self.negatives)], 1)
         scores = memory_scores(self.memory_bank, v, rows) / self.args.temperature
         if self.args.loss_type == "nce":
             if self.z_const < 0:
@@ -62,35 +56,19 @@ class NPID(Pretrain):
             loss = nce_loss(scores, self.z_const, size, self.args.nce_eps)
         else:
             loss = F.cross_entropy(scores, torch.zeros_like(idx))
-        if not torch.isfinite(loss):
-            raise NonFinite(f"NPID loss is {loss.item()} at step {self.step}", dict(scores=scores.detach(), embeddings=v.detach()))
-        self._update = (v.detach(), idx)
-        return loss, dict(z_const=self.z_const) if self.args.loss_type == "nce" else {}
+        logs = dict(z_const=self.z_const) if self.args.loss_type == "nce" else {}
+        return loss, logs, dict(embeddings=v.detach(), index=idx, scores=scores.detach())
 
     @torch.no_grad()
-    def after_step(self, batch, logs):
-        v, idx = self._update  # every rank's rows: the banks stay identical
-        momentum_update(self.memory_bank, dist.gather(idx), dist.gather(v), self.args.memory_momentum)
+    def after_step(self, step, out):
+        # every rank's rows: the banks stay identical
+        momentum_update(self.memory_bank, dist.gather(out["index"]), dist.gather(out["embeddings"]), self.args.memory_momentum)
 
     def evaluate(self):
         """kNN of the backbone's features, and NPID's own kNN of the embeddings against the memory bank."""
-        train, test = (extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
-                       for d in (self.data.knn_train, self.data.test))
-        num_classes, k, t = self.data.test.num_classes, self.args.knn_k, self.args.knn_t
-        k1, k5 = knn_accuracy(*train, *test, num_classes, k, t)
-        metrics = dict(knn_acc1=k1, knn_acc5=k5)
+        train, test = self.features()
+        metrics = self.knn(train, test)
         if (self.data.train.labels >= 0).all():
-            metrics.update(bank_knn(self.head, self.memory_bank, self.data.train.labels, test, num_classes, k, t, self.autocast))
+            metrics.update(bank_knn(self.head, self.memory_bank, self.data.train.labels, test,
+                                    self.data.test.num_classes, self.args.knn_k, self.args.knn_t, self.autocast))
         return metrics
-
-
-@torch.no_grad()
-def bank_knn(head, memory_bank, bank_labels, test, num_classes, k, t, autocast):
-    """NPID's native kNN: the head's embeddings of the test features `test` = (features, labels) against the bank."""
-    was_training = head.training
-    head.eval()
-    with autocast():
-        v = head(test[0])
-    head.train(was_training)
-    k1, k5 = knn_accuracy(memory_bank, bank_labels, v.float(), test[1], num_classes, k, t)
-    return dict(bank_knn_acc1=k1, bank_knn_acc5=k5)

@@ -1,7 +1,5 @@
 """SimCLR: backbone -> MLP head -> InfoNCE between all crops of an image, negatives from the whole global batch."""
-from models.backbones import multicrop_forward
 from models.base import Pretrain
-from models.heads import MLP, head_dims
 from models.losses import info_nce_loss
 
 
@@ -11,14 +9,7 @@ class SimCLR(Pretrain):
         Pretrain.add_args(p)
         p.add_argument("--temperature", type=float, default=0.1, help="InfoNCE temperature")
 
-    def __init__(self, args, data, device):
-        super().__init__(args, data, device)
-        self.head = MLP(head_dims(args, self.backbone.feat_dim), args.head_use_bn, args.head_use_relu)
-        self.num_crops = sum(args.num_crops)
-
-    def forward(self, batch):
+    def forward(self, batch, step):
         x, _, _ = batch
-        crops = self.augment(x)
-        with self.autocast():
-            z = self.head(multicrop_forward(self.backbone, crops))
-        return info_nce_loss(z, self.num_crops, self.args.temperature), {}
+        z = self.project(self.augment(x))
+        return info_nce_loss(z, self.num_crops, self.args.temperature), {}, dict(embeddings=z.detach())

@@ -3,10 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones import multicrop_forward
-from models.base import NonFinite, Pretrain
-from models.heads import MLP, head_dims
-from models.losses import sinkhorn, swav_loss
+from models.base import Pretrain
+from models.losses import swav_loss
 from utils import config, dist
 
 
@@ -29,11 +27,8 @@ class SwAV(Pretrain):
 
     def __init__(self, args, data, device):
         super().__init__(args, data, device)
-        if any(not 0 <= a < sum(args.num_crops) for a in args.crops_for_assign):
-            raise config.UserError(f"--crops_for_assign {args.crops_for_assign} names crops beyond the {sum(args.num_crops)} there are")
-        self.head = MLP(head_dims(args, self.backbone.feat_dim), args.head_use_bn, args.head_use_relu)
+        self.check_crops("crops_for_assign", args.crops_for_assign)
         self.prototypes = nn.ModuleList(nn.Linear(args.embedding_dim, k, bias=False) for k in args.num_prototypes)
-        self.num_crops = sum(args.num_crops)
         # per-rank queue: queue_length rounded down to a multiple of the global batch, split over the ranks
         per_rank = (args.queue_length - args.queue_length % args.batch_size) // dist.world_size()
         self.queue = torch.zeros(len(args.crops_for_assign), per_rank, args.embedding_dim, device=device)
@@ -48,46 +43,39 @@ class SwAV(Pretrain):
         for layer in self.prototypes:
             layer.weight.copy_(F.normalize(layer.weight, dim=1))
 
-    def forward(self, batch):
+    def forward(self, batch, step):
         x, _, _ = batch
         self.normalize_prototypes()
-        crops = self.augment(x)
-        with self.autocast():
-            z = self.head(multicrop_forward(self.backbone, crops))
-        z = F.normalize(z.float(), dim=1)
+        z = self.embed(self.augment(x))
         dtype = torch.float64 if self.args.use_double_precision else torch.float32
-        n = z.shape[0] // self.num_crops
         use_queue = self.queue_on and self.queue_filled >= self.queue.shape[1]
-        losses, all_scores = [], []
+        losses, all_scores, all_codes = [], [], []
         for layer in self.prototypes:
             scores = layer(z).to(dtype)
             with torch.no_grad():
                 queue_scores = [layer(q).to(dtype) for q in self.queue] if use_queue else None
-            losses.append(swav_loss(scores, self.num_crops, self.args.crops_for_assign, self.args.temperature,
+            loss, codes = swav_loss(scores, self.num_crops, self.args.crops_for_assign, self.args.temperature,
                                     self.args.epsilon, self.args.sinkhorn_iterations, queue_scores,
-                                    hard=self.step < self.args.temp_hard_assignment_iters))
+                                    hard=step < self.args.temp_hard_assignment_iters)
+            losses.append(loss)
             all_scores.append(scores.detach())
-        loss = torch.stack(losses).mean()
-        if not torch.isfinite(loss):
-            codes = [[sinkhorn(s[a * n:(a + 1) * n], self.args.epsilon, self.args.sinkhorn_iterations)
-                      for a in self.args.crops_for_assign] for s in all_scores]
-            raise NonFinite(f"SwAV loss is {loss.item()} at step {self.step}",
-                            dict(scores=all_scores, embeddings=z.detach(), codes=codes))
-        self._assigned = [z[a * n:(a + 1) * n].detach() for a in self.args.crops_for_assign]
-        return loss.float(), dict(queue_used=float(use_queue))
+            all_codes.append(codes)
+        out = dict(embeddings=z.detach(), scores=all_scores, codes=all_codes)
+        return torch.stack(losses).mean().float(), dict(queue_used=float(use_queue)), out
 
-    def after_backward(self):
-        if self.step < self.args.freeze_prototypes_niters:
+    def after_backward(self, step):
+        if step < self.args.freeze_prototypes_niters:
             for p in self.prototypes.parameters():
                 p.grad = None  # the optimiser skips them: no update, no weight decay, no momentum
 
     @torch.no_grad()
-    def after_step(self, batch, logs):
+    def after_step(self, step, out):
         if not self.queue_on:
             return
-        n = self._assigned[0].shape[0]
+        z = out["embeddings"]
+        n = len(z) // self.num_crops
         self.queue[:, n:] = self.queue[:, :-n].clone()  # newest first
-        self.queue[:, :n] = torch.stack(self._assigned)
+        self.queue[:, :n] = torch.stack([z[a * n:(a + 1) * n] for a in self.args.crops_for_assign])
         self.queue_filled = min(self.queue.shape[1], self.queue_filled + n)
 
     def rank_state(self):

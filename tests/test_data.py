@@ -11,7 +11,7 @@ from PIL import Image
 
 from data.datasets import fixed_subset, load_dataset
 from data.loader import TrainBatches, epoch_batches, eval_batches
-from utils.config import UserError
+from utils.errors import UserError
 
 
 def random_images(n, c, side, seed):

@@ -19,7 +19,7 @@ from conftest import ROOT, TINY
 from models.losses import info_nce_loss, sinkhorn
 from models.memory import init_memory_bank, spherical_kmeans
 from utils import dist
-from utils.config import UserError
+from utils.errors import UserError
 
 
 def mlp():
@@ -119,7 +119,7 @@ def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     assert proc.returncode == 0, err
     folder, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 8 and len(ckpt["rng"]) == 2  # each rank's random streams
-    assert not torch.equal(ckpt["rng"][0]["augment"], ckpt["rng"][1]["augment"])
+    assert not torch.equal(ckpt["rng"][0]["generators"]["augment"], ckpt["rng"][1]["generators"]["augment"])
     # DeepCluster-v2's banks are per rank: after one epoch, 8 steps x 32 images each, together every image once
     banks = [state["bank_index"] for state in ckpt["rank_state"]]
     assert [len(b) for b in banks] == [256, 256] and sorted(torch.cat(banks).tolist()) == list(range(512))

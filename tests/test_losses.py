@@ -8,7 +8,7 @@ from models.losses import info_nce_loss, sinkhorn, swav_loss
 
 
 def plain_info_nce(z, num_crops, temperature):
-    """InfoNCE written term by term from its definition (METHODS.md), in float64 loops."""
+    """InfoNCE written term by term from its definition (docs/methods.md), in float64 loops."""
     z = F.normalize(z.double(), dim=1)
     n = z.shape[0] // num_crops
     sim = (z @ z.T).tolist()
@@ -107,16 +107,16 @@ def plain_swav(scores, num_crops, crops_for_assign, temperature, epsilon, num_it
 def test_swav_loss_matches_plain_implementation(num_crops, crops_for_assign, temperature, epsilon):
     g = torch.Generator().manual_seed(num_crops)
     scores = F.normalize(torch.randn(num_crops * 6, 12, dtype=torch.float64, generator=g), dim=1)
-    got = swav_loss(scores, num_crops, crops_for_assign, temperature, epsilon, 3).item()
+    got = swav_loss(scores, num_crops, crops_for_assign, temperature, epsilon, 3)[0].item()
     assert got == pytest.approx(plain_swav(scores, num_crops, crops_for_assign, temperature, epsilon, 3), rel=1e-10)
     queue = [F.normalize(torch.randn(10, 12, dtype=torch.float64, generator=g), dim=1) for _ in crops_for_assign]
-    got = swav_loss(scores, num_crops, crops_for_assign, temperature, epsilon, 3, queue_scores=queue).item()
+    got = swav_loss(scores, num_crops, crops_for_assign, temperature, epsilon, 3, queue_scores=queue)[0].item()
     assert got == pytest.approx(plain_swav(scores, num_crops, crops_for_assign, temperature, epsilon, 3, queue), rel=1e-10)
 
 
 def test_swav_codes_carry_no_gradient():
     scores = torch.randn(2 * 4, 6, dtype=torch.float64, requires_grad=True)
-    swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3).backward()
+    swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3)[0].backward()
     # d loss / d scores is only through the log-softmax: each crop's row gradients sum to zero
     torch.testing.assert_close(scores.grad.sum(dim=1), torch.zeros(8, dtype=torch.float64), atol=1e-12, rtol=0)
 
@@ -129,4 +129,4 @@ def test_swav_hard_codes_are_the_one_hot_argmax():
     for a, p in [(0, 1), (1, 0)]:
         winner = sinkhorn(scores[a * n:(a + 1) * n], 0.05, 3).argmax(dim=1)
         expected -= F.log_softmax(scores[p * n:(p + 1) * n] / 0.1, dim=1)[torch.arange(n), winner].mean().item() / 2
-    assert swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3, hard=True).item() == pytest.approx(expected, rel=1e-12)
+    assert swav_loss(scores, 2, [0, 1], 0.1, 0.05, 3, hard=True)[0].item() == pytest.approx(expected, rel=1e-12)

@@ -10,7 +10,7 @@ from models.memory import assign, init_memory_bank, memory_scores, momentum_upda
 
 
 def plain_nce(scores, z_const, num_data, eps=1e-7):
-    """The NCE loss term by term, as written in METHODS.md."""
+    """The NCE loss term by term, as written in docs/methods.md."""
     batch, k = scores.shape[0], scores.shape[1] - 1
     k_pn = k / num_data
     total = 0.0

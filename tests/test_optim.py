@@ -144,7 +144,9 @@ def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
 
 
 def test_lbfgs_is_for_linear_probes_only():
-    from utils.config import UserError
-    args = argparse.Namespace(opt="lbfgs", problem="simclr", weight_decay=0.0, exclude_bias_and_norm=True, momentum=0.9)
-    with pytest.raises(UserError, match="--opt lbfgs is for linear probes"):
-        build_optimizer(torch.nn.Linear(2, 2), args)
+    import train
+    from utils.config import parse_args
+    from utils.errors import UserError
+    with pytest.raises(UserError, match="argument --opt: invalid choice: 'lbfgs'"):
+        parse_args(["--problem", "simclr", "--opt", "lbfgs"], train.PROBLEMS)
+    assert parse_args(["--problem", "eval", "--opt", "lbfgs"], train.PROBLEMS).opt == "lbfgs"

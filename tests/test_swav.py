@@ -46,7 +46,7 @@ def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
     before = (folder / "checkpoint.pth.tar").read_bytes()
     broken = cli(["--resume", str(folder), "--iters", "8", "--temperature", "0"])  # scores / 0: not finite
     assert broken.returncode == 1
-    assert "train.py: error: SwAV loss is nan at step 4" in broken.stderr
+    assert "train.py: error: swav loss is nan at step 4" in broken.stderr
     dump = torch.load(folder / "nonfinite_step4_rank0.pt", weights_only=True)
     assert set(dump) == {"scores", "embeddings", "codes"} and dump["embeddings"].shape == (2 * 64, 128)
     assert (folder / "checkpoint.pth.tar").read_bytes() == before

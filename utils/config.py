@@ -1,9 +1,10 @@
 """Command line and YAML configs: every config key is a flag, and the command line wins.
 
-`parse_args(argv, problems)` reads `--problem` and `--config` first, builds the parser of that
-problem (common flags + the problem class's `add_args`), checks every YAML key against it, and
-then parses the command line with the YAML values as defaults. Any mistake raises `UserError`,
-which `train.py` turns into one line on stderr and exit code 2, before a run folder exists.
+`parse_args(argv, problems)` reads `--problem`, `--config` and `--resume` first, builds the parser of
+that problem (common flags + the problem class's `add_args`), checks every YAML key against it, and
+then parses the command line with, as defaults, the resumed run's flags, then the YAML values on top.
+Any mistake raises `UserError`, which `train.py` turns into one line on stderr and exit code 2,
+before a run folder exists.
 """
 import argparse
 import os
@@ -11,9 +12,11 @@ import sys
 
 import yaml
 
+from utils import checkpoint
+from utils.errors import UserError
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit code 2, nothing written."""
+# where and how to run: on --resume these come from the new command line, never from the saved run
+LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device")
 
 
 def str2bool(s):
@@ -81,8 +84,7 @@ def add_common_args(p):
     g.add_argument("--batch_size", type=int, default=256, help="global batch size in images, over all processes")
     g.add_argument("--epochs", type=float, default=100, help="length of training in epochs")
     g.add_argument("--iters", type=int, default=-1, help="total optimiser steps; overrides --epochs when >= 0")
-    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw", "lbfgs"],
-                   help="optimiser; lbfgs: full-batch L-BFGS, one iteration per step, for --problem eval on precomputed features")
+    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw"], help="optimiser (--problem eval adds lbfgs)")
     g.add_argument("--lr", type=float, default=0.3, help="base learning rate for a batch of 256, scaled by --lr_scaling")
     g.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt", "none"],
                    help="lr = base * batch/256 (linear), * sqrt(batch/256) (sqrt), or as given (none)")
@@ -144,7 +146,8 @@ def add_augment_args(p):
     g.add_argument("--solarize_prob", type=float, default=0.0, help="probability of solarization")
 
 
-def _action_for(parser, key):
+def find_action(parser, key):
+    """The flag whose value lands in args.<key>, or None."""
     for action in parser._actions:
         if action.dest == key and action.option_strings:
             return action
@@ -210,30 +213,25 @@ def parse_args(argv, problems):
     pre.add_argument("--resume")
     known, _ = pre.parse_known_args(argv)
     cfg = read_config(known.config) if known.config else {}
-    problem = known.problem or cfg.get("problem")
-    if problem is None and known.resume:
-        from utils import checkpoint
-        problem = checkpoint.load(known.resume)["args"]["problem"]
-    problem = problem or "simclr"
+    saved = checkpoint.saved_args(known.resume) if known.resume else {}
+    problem = known.problem or cfg.get("problem") or saved.get("problem") or "simclr"
+    if saved and problem != saved["problem"]:
+        raise UserError(f"--resume {known.resume} is a '{saved['problem']}' run, not '{problem}'")
     parser = build_parser(problem, problems)
 
-    defaults = {}
+    # the resumed run's own flags (not where it ran), then the config's, then the command line's
+    defaults = {k: v for k, v in saved.items()
+                if find_action(parser, k) is not None and k not in LAUNCH_FLAGS + ("config", "resume")}
     for key, value in cfg.items():
-        action = _action_for(parser, key)
+        action = find_action(parser, key)
         if action is None or key in ("config", "help"):
             raise UserError(f"unknown config key '{key}' in {known.config} for problem '{problem}'")
         defaults[key] = _convert(action, key, value)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.problem = problem
-    # Flags typed on the command line: on --resume they override the saved ones.
-    explicit = Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            explicit.add_argument(*action.option_strings, dest=action.dest, type=action.type,
-                                  nargs=action.nargs, choices=action.choices)
-    args.explicit = sorted(vars(explicit.parse_args(argv)))
-    args.given = sorted(set(args.explicit) | set(cfg))  # set by the user, on the command line or in the config
+    if known.resume:
+        args.resume = checkpoint.resolve(known.resume)
     if args.root is None:
         args.root = os.environ.get("EXMAN_PATH", "./logs")
     return args

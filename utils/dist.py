@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from utils.config import UserError
+from utils.errors import UserError
 
 LOST_GROUP = 3  # exit code of a rank whose peers died or stopped answering
 

@@ -3,8 +3,6 @@ import math
 
 import torch
 
-from utils.config import UserError
-
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum whose gradient is rescaled per parameter by the LARC trust ratio.
@@ -89,9 +87,7 @@ def param_groups(model, weight_decay, exclude_bias_and_norm):
 
 def build_optimizer(model, args):
     groups = param_groups(model, args.weight_decay, args.exclude_bias_and_norm)
-    if args.opt == "lbfgs":
-        if args.problem != "eval":
-            raise UserError("--opt lbfgs is for linear probes (--problem eval) only")
+    if args.opt == "lbfgs":  # offered by --problem eval only: a full-batch fit on features held in memory
         return LBFGS([p for g in groups for p in g["params"]], [p for g in groups if g["weight_decay"] for p in g["params"]],
                      args.weight_decay)
     if args.opt == "lars":

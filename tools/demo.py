@@ -1,5 +1,5 @@
 """The README's main job: SimCLR on Fashion-MNIST, then the linear probe and kNN of its backbone next to
-a randomly initialised backbone and raw pixels. Run as `python -m utils.demo [pretraining flags]`."""
+a randomly initialised backbone and raw pixels. Run as `python -m tools.demo [pretraining flags]`."""
 import argparse
 import sys
 import time

@@ -1,4 +1,4 @@
-"""Training throughput of a problem's model: python -m utils.benchmark --config configs/X.yaml [--flag value ...].
+"""Training throughput of a problem's model: python -m tools.benchmark --config configs/X.yaml [--flag value ...].
 
 Times full optimiser steps (augmentation, forward, loss, backward, step) on one batch of real images,
 after a few warm-up steps, and prints images/s and crops/s. Writes no run folder.
@@ -9,8 +9,8 @@ import time
 import torch
 
 import train
-from utils.config import UserError, parse_args
-from utils.optim import build_optimizer
+from utils.config import parse_args
+from utils.errors import UserError
 
 
 def benchmark(argv, steps=10, warmup=3):
@@ -18,13 +18,11 @@ def benchmark(argv, steps=10, warmup=3):
     device = train.pick_device(args)
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
-    Problem = train.PROBLEMS[args.problem]
-    data = Problem.load_data(args)
+    model = train.PROBLEMS[args.problem].build(args, device).to(device).train()
+    data = model.data
     if not hasattr(data.train, "images"):
         raise UserError("the benchmark times in-memory datasets (fmnist, cifar, stl10); folder data is bound by its loader")
-    data.train.to(device)
-    model = Problem(args, data, device).to(device).train()
-    optimizer = build_optimizer(model, args)
+    optimizer = model.make_optimizer()
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
@@ -35,7 +33,7 @@ def benchmark(argv, steps=10, warmup=3):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.time()
-        train.train_step(model, optimizer, batch, scaler)
+        train.train_step(model, optimizer, batch, i, scaler)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.time() - start) / steps
