@@ -43,7 +43,15 @@ class StopFlag:
 
 
 def pick_device(args):
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a device: cpu, cuda or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA GPU is visible on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {args.device}: only cpu and cuda are supported")
+    return device
 
 
 def train_step(net, optimizer, batch, step, scaler):
@@ -59,6 +67,7 @@ def train_step(net, optimizer, batch, step, scaler):
 
 def check_launch(args):
     """The mistakes of a distributed launch that can be reported once, before any process starts."""
+    pick_device(args)
     procs = dist.total_procs(args)
     if args.batch_size % procs and not PROBLEMS[args.problem].replicated(args):
         raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({procs})")
@@ -141,7 +150,7 @@ class Run:
             self.bar.set_postfix(epoch=f"{self.step / self.steps_per_epoch:.2f}", loss=f"{train_loss:.4f}",
                                  lr=f"{self.lr:.4g}", img_s=f"{rate:.0f}")
             if self.log:
-                self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, lr=self.lr, train_loss=train_loss,
+                self.log_row(iter=self.step, epoch=self.step / self.steps_per_epoch, lr=self.lr, train_loss=train_loss,
                              img_per_s=rate, **{k: float(v) for k, v in logs.items()})
             self.loss_sum.zero_()
             self.loss_count, self.images, self.tick = 0, 0, time.time()
@@ -160,7 +169,8 @@ class Run:
         """(a stop signal reached any rank, a non-finite step on any rank); the latter only read when `check`."""
         signalled = self.stop.signal is not None
         if dist.world_size() > 1:  # every rank decides the same: one all-reduce of both flags
-            flags = torch.stack([torch.tensor(float(signalled), device=self.model.device), (self.nonfinite & check).float()])
+            signal_flag = torch.tensor(float(signalled), device=self.model.device)
+            flags = torch.stack([signal_flag, (self.nonfinite & check).float()])
             signalled, bad = (dist.all_reduce_sum(flags) > 0).tolist()
             return signalled, bad
         return signalled, check and bool(self.nonfinite)
@@ -177,19 +187,48 @@ class Run:
             what += f"; that step's tensors are in {dump}"
         else:
             what = f"{self.args.problem} loss or gradients turned non-finite between steps {self.checked_step} and {taken}"
-        kept = f"the checkpoint of step {self.saved_step} is untouched" if self.saved_step is not None else "no checkpoint was written"
-        print(f"train.py: error: {what}; {kept}", file=sys.stderr)
+        print(f"train.py: error: {what}; {self.kept()}", file=sys.stderr)
         sys.exit(1)
 
     def save(self):
-        checkpoint.save(self.folder, self.step, self.step // self.steps_per_epoch, self.args, self.model, self.optimizer,
-                        self.scaler)
+        """Checkpoint and exported backbone, after checking that every weight is finite: nothing else is written."""
+        weights = [v for v in self.model.state_dict().values() if torch.is_tensor(v) and v.is_floating_point()]
+        if weights and not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):
+            self.bar.close()
+            print(f"train.py: error: {self.args.problem} weights are not finite after step {self.step}; "
+                  f"{self.kept()}", file=sys.stderr)
+            sys.exit(1)
+        try:
+            checkpoint.save(self.folder, self.step, self.total, self.step // self.steps_per_epoch, self.args, self.model,
+                            self.optimizer, self.scaler)
+        except OSError as e:
+            if os.path.basename(e.filename or "") == checkpoint.BACKBONE:  # the checkpoint itself was written
+                self.saved_step = self.step
+            self.fail_write(e)
         self.saved_step = self.step
+
+    def kept(self):
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the checkpoint of step {self.saved_step} is intact"
+
+    def fail_write(self, e):
+        """A full or failing disk: one line, exit code 1; the last checkpoint stays as it was."""
+        self.bar.close()
+        reason = (e.strerror or str(e)).lower()
+        print(f"train.py: error: {reason} while writing {e.filename}; {self.kept()}", file=sys.stderr)
+        sys.exit(1)
+
+    def log_row(self, **values):
+        try:
+            self.log.row(**values)
+        except OSError as e:
+            self.fail_write(e)
 
     def evaluate(self):
         metrics = self.model.evaluate()
         if self.log:
-            self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
+            self.log_row(iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
             self.log.print(f"step {self.step}: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         return metrics
 
@@ -209,6 +248,8 @@ def run(args):
     step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
     if args.resume:
         folder = os.path.dirname(args.resume)
+        if dist.is_main():
+            checkpoint.remove_stale_temporaries(folder)
     else:
         folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
     log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None

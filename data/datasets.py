@@ -6,6 +6,7 @@ training device crops and augments itself. Folder datasets (ImageNet, any ImageF
 Every sample is addressed by its dataset index, which NPID and DeepCluster-v2 rely on.
 """
 import gzip
+import importlib.util
 import os
 import pickle
 
@@ -99,8 +100,9 @@ def _read_idx(path):
 
 
 def load_fmnist(root, train):
+    """From --data_root when given (and only there), else from Debian's dataset-fashion-mnist."""
     prefix = "train" if train else "t10k"
-    dirs = [root, root and os.path.join(root, "FashionMNIST", "raw"), FMNIST_DEBIAN]
+    dirs = [root, os.path.join(root, "FashionMNIST", "raw")] if root else [FMNIST_DEBIAN]
     for ext in (".gz", ""):
         names = [f"{prefix}-images-idx3-ubyte{ext}", f"{prefix}-labels-idx1-ubyte{ext}"]
         found = _first_existing(dirs, names)
@@ -115,12 +117,40 @@ def load_fmnist(root, train):
             return load_fmnist(os.path.join(root, "FashionMNIST", "raw"), train)
         except Exception:
             pass
-    where = ", ".join(d for d in dirs if d)
-    raise UserError(f"Fashion-MNIST not found (looked in {where}): `apt-get install dataset-fashion-mnist`, "
-                    f"or put {prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz in --data_root")
+        raise UserError(f"Fashion-MNIST not found in --data_root {root} (looked in {', '.join(dirs)}): put "
+                        f"{prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz there, or leave --data_root unset")
+    raise UserError(f"Fashion-MNIST not found in {FMNIST_DEBIAN}: `apt-get install dataset-fashion-mnist`, "
+                    f"or give --data_root, a folder holding {prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickled batches: dicts, lists, strings, numbers and numpy arrays, and no other type."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}  # protocol 2 stores bytes via encode
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise UserError(f"{self.path} holds a {module}.{name}, which a CIFAR batch never does: refused")
+        if module.startswith("numpy.core") and importlib.util.find_spec("numpy._core"):  # numpy 2 renamed it
+            module = "numpy._core" + module[len("numpy.core"):]
+        return super().find_class(module, name)
+
+
+def _load_cifar_batch(path):
+    """One pickled CIFAR batch, read without running any code a crafted file could carry."""
+    with open(path, "rb") as f:
+        unpickler = _CifarUnpickler(f, encoding="bytes")
+        unpickler.path = path
+        try:
+            return unpickler.load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise UserError(f"{path} is not a CIFAR batch ({type(e).__name__}: {e})")
 
 
 def load_cifar(name, root, train):
+    """torchvision's python pickles, read by an unpickler that accepts only the types they contain."""
     folder, files, key = {
         "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"], b"labels"),
         "cifar100": ("cifar-100-python", ["train"] if train else ["test"], b"fine_labels"),
@@ -131,8 +161,7 @@ def load_cifar(name, root, train):
                         f"(now {root})")
     images, labels = [], []
     for f in files:
-        with open(os.path.join(found, f), "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+        batch = _load_cifar_batch(os.path.join(found, f))
         images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
         labels += list(batch[key])
     return ArrayData(name, torch.from_numpy(np.concatenate(images)), torch.tensor(labels), 10 if name == "cifar10" else 100)

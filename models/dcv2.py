@@ -8,7 +8,7 @@ from data.loader import steps_per_epoch
 from models.base import Pretrain
 from models.knn import eval_mode
 from models.memory import spherical_kmeans
-from utils import dist
+from utils import config, dist
 from utils.errors import UserError
 
 NO_ASSIGNMENT = -100  # cross_entropy's ignore_index: an image not in any bank yet
@@ -19,11 +19,13 @@ class DeepClusterV2(Pretrain):
     def add_args(p):
         Pretrain.add_args(p)
         g = p.add_argument_group("DeepCluster-v2")
-        g.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the cluster prediction")
-        g.add_argument("--num_clusters", type=int, nargs="+", default=[3000, 3000, 3000],
+        g.add_argument("--temperature", type=config.POSITIVE, default=0.1,
+                       help="softmax temperature of the cluster prediction")
+        g.add_argument("--num_clusters", type=config.INT1, nargs="+", default=[3000, 3000, 3000],
                        help="k of each k-means; one prototype head per entry")
-        g.add_argument("--kmeans_iters", type=int, default=10, help="k-means rounds at the start of every epoch")
-        g.add_argument("--crops_for_mb", type=int, nargs="+", default=[0, 1],
+        g.add_argument("--kmeans_iters", type=config.INT1, default=10,
+                       help="k-means rounds at the start of every epoch")
+        g.add_argument("--crops_for_mb", type=config.INT0, nargs="+", default=[0, 1],
                        help="crops whose embeddings the memory bank keeps; head h clusters bank h mod len")
         p.set_defaults(head_hidden_dims=[2048])
 

@@ -13,7 +13,7 @@ from models.base import Problem, load_data
 from models.heads import head_from_args
 from models.knn import bank_knn, eval_mode, extract_features, knn_accuracy
 from utils import checkpoint, dist
-from utils.config import find_action, str2bool
+from utils.config import Range, find_action, str2bool
 from utils.errors import UserError
 
 
@@ -45,11 +45,14 @@ class LinearEval(Problem):
                        help="pretrained run folder, checkpoint.pth.tar or backbone.pth; `pixels` for the raw-pixel baseline")
         g.add_argument("--precompute_features", type=str2bool, default=True,
                        help="compute the training features once, without augmentation (fast); else RandomResizedCrop + flip every step")
-        g.add_argument("--min_scale", type=float, default=0.08, help="smallest crop area fraction when not precomputing")
-        g.add_argument("--linear_bn", type=str2bool, default=False, help="a non-affine BatchNorm before the linear layer")
+        g.add_argument("--min_scale", type=Range(float, gt=0, le=1), default=0.08,
+                       help="smallest crop area fraction when not precomputing")
+        g.add_argument("--linear_bn", type=str2bool, default=False,
+                       help="a non-affine BatchNorm before the linear layer")
         g.add_argument("--knn_memory_bank", type=str2bool, default=False,
                        help="NPID encoders: also kNN of the test embeddings against the run's memory bank (bank_knn_acc1)")
-        g.add_argument("--eval_only", type=str2bool, default=False, help="no training: score the linear run given by --ckpt")
+        g.add_argument("--eval_only", type=str2bool, default=False,
+                       help="no training: score the linear run given by --ckpt")
         g.add_argument("--ckpt", default=None, help="with --eval_only: the linear run folder or checkpoint to score")
         opt = find_action(p, "opt")
         opt.choices = opt.choices + ["lbfgs"]
@@ -78,7 +81,9 @@ class LinearEval(Problem):
             source = load_encoder(args.encoder_ckpt)
         saved = source.args
         data = args.data or saved.get("data", "fmnist")
-        data_root = args.data_root if args.data_root is not None else saved.get("data_root") if saved.get("data") == data else None
+        data_root = args.data_root
+        if data_root is None and saved.get("data") == data:
+            data_root = saved.get("data_root")
         linear_bn = saved["linear_bn"] if args.eval_only else args.linear_bn  # the probe's shape is the trained run's
         args = argparse.Namespace(**dict(vars(args), data=data, data_root=data_root, linear_bn=linear_bn))
         return cls(args, load_data(args, pretrain=False, device=device), device, source)

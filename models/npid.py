@@ -6,7 +6,7 @@ from models.base import Pretrain
 from models.knn import bank_knn
 from models.losses import nce_loss
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives
-from utils import dist
+from utils import config, dist
 from utils.errors import UserError
 
 
@@ -15,13 +15,14 @@ class NPID(Pretrain):
     def add_args(p):
         Pretrain.add_args(p)
         g = p.add_argument_group("NPID")
-        g.add_argument("--temperature", type=float, default=0.07, help="temperature of the memory scores")
-        g.add_argument("--num_negatives", type=int, default=4096, help="memory rows drawn per image, with replacement")
-        g.add_argument("--memory_momentum", type=float, default=0.5,
+        g.add_argument("--temperature", type=config.POSITIVE, default=0.07, help="temperature of the memory scores")
+        g.add_argument("--num_negatives", type=config.INT1, default=4096,
+                       help="memory rows drawn per image, with replacement")
+        g.add_argument("--memory_momentum", type=config.Range(float, ge=0, lt=1), default=0.5,
                        help="memory update M[y] <- normalize(m M[y] + (1 - m) v) (VISSL's memory_params.momentum)")
         g.add_argument("--loss_type", default="nce", choices=["nce", "cross_entropy"],
                        help="nce: NCE with a normalisation constant Z fixed on the first batch; cross_entropy: InfoNCE")
-        g.add_argument("--nce_eps", type=float, default=1e-7, help="eps in the NCE denominators")
+        g.add_argument("--nce_eps", type=config.NONNEGATIVE, default=1e-7, help="eps in the NCE denominators")
         p.set_defaults(head_hidden_dims=[], num_crops=[1], min_scale_crops=[0.2], color_jitter=[0.4, 0.4, 0.4, 0.4])
 
     def __init__(self, args, data, device):
@@ -62,7 +63,8 @@ class NPID(Pretrain):
     @torch.no_grad()
     def after_step(self, step, out):
         # every rank's rows: the banks stay identical
-        momentum_update(self.memory_bank, dist.gather(out["index"]), dist.gather(out["embeddings"]), self.args.memory_momentum)
+        momentum_update(self.memory_bank, dist.gather(out["index"]), dist.gather(out["embeddings"]),
+                        self.args.memory_momentum)
 
     def evaluate(self):
         """kNN of the backbone's features, and NPID's own kNN of the embeddings against the memory bank."""

@@ -1,13 +1,14 @@
 """SimCLR: backbone -> MLP head -> InfoNCE between all crops of an image, negatives from the whole global batch."""
 from models.base import Pretrain
 from models.losses import info_nce_loss
+from utils import config
 
 
 class SimCLR(Pretrain):
     @staticmethod
     def add_args(p):
         Pretrain.add_args(p)
-        p.add_argument("--temperature", type=float, default=0.1, help="InfoNCE temperature")
+        p.add_argument("--temperature", type=config.POSITIVE, default=0.1, help="InfoNCE temperature")
 
     def forward(self, batch, step):
         x, _, _ = batch

@@ -13,16 +13,22 @@ class SwAV(Pretrain):
     def add_args(p):
         Pretrain.add_args(p)
         g = p.add_argument_group("SwAV")
-        g.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of the swapped prediction")
-        g.add_argument("--epsilon", type=float, default=0.05, help="Sinkhorn entropy regularisation")
-        g.add_argument("--sinkhorn_iterations", type=int, default=3, help="Sinkhorn normalisation rounds")
-        g.add_argument("--num_prototypes", type=int, nargs="+", default=[3000], help="prototypes of each head")
-        g.add_argument("--crops_for_assign", type=int, nargs="+", default=[0, 1], help="crops whose codes are predicted")
-        g.add_argument("--queue_length", type=int, default=0, help="embeddings queued over all ranks (0: no queue)")
-        g.add_argument("--epoch_queue_starts", type=int, default=15, help="epoch at which the queue starts filling")
-        g.add_argument("--freeze_prototypes_niters", type=int, default=313, help="steps during which prototypes stay fixed")
-        g.add_argument("--temp_hard_assignment_iters", type=int, default=0, help="steps that use one-hot codes")
-        g.add_argument("--use_double_precision", type=config.str2bool, default=False, help="Sinkhorn and loss in float64")
+        g.add_argument("--temperature", type=config.POSITIVE, default=0.1,
+                       help="softmax temperature of the swapped prediction")
+        g.add_argument("--epsilon", type=config.POSITIVE, default=0.05, help="Sinkhorn entropy regularisation")
+        g.add_argument("--sinkhorn_iterations", type=config.INT1, default=3, help="Sinkhorn normalisation rounds")
+        g.add_argument("--num_prototypes", type=config.INT1, nargs="+", default=[3000], help="prototypes of each head")
+        g.add_argument("--crops_for_assign", type=config.INT0, nargs="+", default=[0, 1],
+                       help="crops whose codes are predicted")
+        g.add_argument("--queue_length", type=config.INT0, default=0,
+                       help="embeddings queued over all ranks (0: no queue)")
+        g.add_argument("--epoch_queue_starts", type=config.INT0, default=15,
+                       help="epoch at which the queue starts filling")
+        g.add_argument("--freeze_prototypes_niters", type=config.INT0, default=313,
+                       help="steps during which prototypes stay fixed")
+        g.add_argument("--temp_hard_assignment_iters", type=config.INT0, default=0, help="steps that use one-hot codes")
+        g.add_argument("--use_double_precision", type=config.str2bool, default=False,
+                       help="Sinkhorn and loss in float64")
         p.set_defaults(head_hidden_dims=[2048])
 
     def __init__(self, args, data, device):

@@ -44,7 +44,7 @@ def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
     assert first.returncode == 0, first.stderr
     folder = only_run(tmp_path)
     before = (folder / "checkpoint.pth.tar").read_bytes()
-    broken = cli(["--resume", str(folder), "--iters", "8", "--temperature", "0"])  # scores / 0: not finite
+    broken = cli(["--resume", str(folder), "--iters", "8", "--temperature", "1e-40"])  # scores / T overflow float32
     assert broken.returncode == 1
     assert "train.py: error: swav loss is nan at step 4" in broken.stderr
     dump = torch.load(folder / "nonfinite_step4_rank0.pt", weights_only=True)

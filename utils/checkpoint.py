@@ -4,6 +4,7 @@
 backbone; `restore` puts a checkpoint back into a model, its optimiser and its scaler.
 """
 import os
+import sys
 
 import torch
 
@@ -12,13 +13,76 @@ from utils.errors import UserError
 
 CHECKPOINT = "checkpoint.pth.tar"
 BACKBONE = "backbone.pth"
+TMP = ".tmp"  # a file being written is <name>.tmp<pid>
+
+
+class _KeepErrors:
+    """A file whose write errors are kept: torch.save reports them as a RuntimeError that hides the cause."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def write_atomic(path, write):
+    """`write(file)` into a temporary file, fsync it, rename it over `path`, fsync the folder: neither a crash nor
+    a power loss leaves a half-written or empty file under the final name. On failure the temporary file is
+    removed and a disk error is raised as an OSError naming `path` (no space left on device, say)."""
+    tmp = f"{path}{TMP}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            sink = _KeepErrors(f)
+            try:
+                write(sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def save_atomic(obj, path):
-    """Write to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files that processes no longer alive left in `folder` (killed in the middle of a save)."""
+    for name in os.listdir(folder):
+        stem, _, pid = name.rpartition(TMP)
+        if stem and pid.isdigit() and not _alive(int(pid)):
+            os.remove(os.path.join(folder, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def resolve(path):
@@ -59,25 +123,35 @@ def backbone_weights(ckpt, path):
     return spec, {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
 
 
-def save(folder, step, epoch, args, model, optimizer, scaler):
+def save(folder, step, total, epoch, args, model, optimizer, scaler):
     """Rank 0 writes checkpoint.pth.tar and backbone.pth; every rank must call it (its streams are gathered)."""
     per_rank = dist.all_gather_object((rng_state(model.generators), model.rank_state()))
     if dist.is_main():
         common = dict(args=vars(args), backbone_spec=model.backbone_spec)
-        save_atomic(dict(common, step=step, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                         scaler=scaler.state_dict(), rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank]),
+        save_atomic(dict(common, step=step, total=total, epoch=epoch, model=model.state_dict(),
+                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                         rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank]),
                     os.path.join(folder, CHECKPOINT))
         save_atomic(dict(common, backbone=model.backbone.state_dict()), os.path.join(folder, BACKBONE))
     dist.barrier()  # no rank exits (and gets its peers stopped) while rank 0 writes
 
 
 def restore(path, model, optimizer, scaler):
-    """Load the checkpoint at `path` into them; returns its step. On another number of processes than it was
+    """Load the checkpoint at `path` into them; returns its step. An optimiser other than the checkpoint's (or
+    with other parameter groups) starts afresh, with a warning. On another number of processes than it was
     saved with, the random streams start afresh (distinct per rank and per resume point) and per-rank state
     (SwAV's queue, DeepCluster-v2's banks) is rebuilt by the model."""
     ckpt = load(path)
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    saved_opt = ckpt["args"].get("opt")
+    try:
+        if saved_opt != model.args.opt:
+            raise ValueError(f"the checkpoint's optimiser is {saved_opt}")
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # another optimiser, or other parameter groups: its state does not carry over
+        if dist.is_main():
+            print(f"warning: --opt {model.args.opt} starts afresh ({e}); weights, step and schedule continue",
+                  file=sys.stderr)
     scaler.load_state_dict(ckpt.get("scaler", {}))
     step = ckpt["step"]
     if len(ckpt["rng"]) == dist.world_size():

@@ -7,12 +7,14 @@ Any mistake raises `UserError`, which `train.py` turns into one line on stderr a
 before a run folder exists.
 """
 import argparse
+import math
+import operator
 import os
 import sys
 
 import yaml
 
-from utils import checkpoint
+from utils import checkpoint, runlog
 from utils.errors import UserError
 
 # where and how to run: on --resume these come from the new command line, never from the saved run
@@ -30,10 +32,38 @@ def str2bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+class Range:
+    """The type of a numeric flag: converts with `cast` and refuses a value outside its range, so a bad value
+    is one line naming the flag and the range, from the command line or a config alike.
+
+    Range(float, gt=0) is > 0; Range(int, ge=1, also=(-1,)) is >= 1 or the sentinel -1. Floats must be finite.
+    """
+
+    def __init__(self, cast, gt=None, ge=None, lt=None, le=None, also=()):
+        self.cast, self.also = cast, also
+        self.__name__ = cast.__name__  # argparse names it in "invalid int value"
+        self.limits = [(sign, test, limit) for sign, test, limit in
+                       ((">", operator.gt, gt), (">=", operator.ge, ge), ("<", operator.lt, lt), ("<=", operator.le, le))
+                       if limit is not None]
+        self.text = " and ".join(f"{sign} {limit}" for sign, _, limit in self.limits) + "".join(f", or {a}" for a in also)
+
+    def __call__(self, s):
+        x = self.cast(s)
+        inside = math.isfinite(x) and all(test(x, limit) for _, test, limit in self.limits)
+        if not inside and x not in self.also:
+            raise argparse.ArgumentTypeError(f"{s} is out of range: must be {self.text}")
+        return x
+
+
+INT0, INT1 = Range(int, ge=0), Range(int, ge=1)  # counts that may be zero, counts of at least one
+POSITIVE, NONNEGATIVE, PROBABILITY = Range(float, gt=0), Range(float, ge=0), Range(float, ge=0, le=1)
+
+
 def none_or(cast):
     def convert(s):
         return None if s is None or str(s).lower() in ("none", "null") else cast(s)
     convert.__name__ = cast.__name__
+    convert.inner = cast
     return convert
 
 
@@ -46,64 +76,82 @@ class Parser(argparse.ArgumentParser):
 
 def add_common_args(p):
     g = p.add_argument_group("run")
-    g.add_argument("--problem", default="simclr", help="what to train: the method, or `eval` for the linear probe and kNN")
+    g.add_argument("--problem", default="simclr",
+                   help="what to train: the method, or `eval` for the linear probe and kNN")
     g.add_argument("--config", help="YAML file of flag values; flags given on the command line win")
     g.add_argument("--root", default=None, help="exman root for run folders (default: $EXMAN_PATH, else ./logs)")
     g.add_argument("--name", default="", help="suffix of the run folder's name")
     g.add_argument("--tmp", type=str2bool, default=False, help="put the run folder in <root>/tmp, outside the index")
-    g.add_argument("--resume", default=None, help="run folder or checkpoint to continue, in its own folder")
-    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
+    g.add_argument("--resume", default=None, help="run folder or checkpoint to continue, in its own folder; `auto`: "
+                   "the newest run named --name in --root if unfinished, else a new run (for preemptible jobs)")
+    g.add_argument("--seed", type=Range(int, ge=0, lt=2 ** 31), default=0,
+                   help="seed of weights, data order and augmentation")
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1... (default: cuda when available, else cpu)")
-    g.add_argument("--log_freq", type=int, default=50, help="steps between rows of logs.csv")
-    g.add_argument("--save_freq", type=int, default=1000, help="steps between checkpoints (one is always written at the end)")
-    g.add_argument("--eval_freq", type=int, default=0, help="steps between evaluations (kNN while pretraining, test accuracy in eval); 0: only at the end; -1: never")
+    g.add_argument("--log_freq", type=INT1, default=50, help="steps between rows of logs.csv")
+    g.add_argument("--save_freq", type=INT1, default=1000,
+                   help="steps between checkpoints (one is always written at the end)")
+    g.add_argument("--eval_freq", type=Range(int, ge=-1), default=0,
+                   help="steps between evaluations (kNN while pretraining, test accuracy in eval); 0: only at the end; -1: never")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", default="fmnist", choices=["fmnist", "cifar10", "cifar100", "stl10", "imagenet", "folder"],
                    help="dataset; `imagenet` reads $IMAGENET_PATH/{train,val}, `folder` reads --data_root/{train,val}")
-    g.add_argument("--data_root", default=None, help="where the dataset's files are (default: the dataset's usual place)")
-    g.add_argument("--subset", type=int, default=0, help="train on a fixed random subset of this many images (0: all)")
-    g.add_argument("--workers", type=int, default=4, help="data loader processes for folder datasets (in-memory data needs none)")
+    g.add_argument("--data_root", default=None,
+                   help="where the dataset's files are (default: the dataset's usual place)")
+    g.add_argument("--subset", type=INT0, default=0, help="train on a fixed random subset of this many images (0: all)")
+    g.add_argument("--workers", type=INT0, default=4,
+                   help="data loader processes for folder datasets (in-memory data needs none)")
 
     g = p.add_argument_group("distributed and mixed precision")
     g.add_argument("--dist", default="none", choices=["none", "ddp"],
                    help="ddp: spawn --num_proc_per_node processes on this node (under torchrun this flag is not needed)")
     g.add_argument("--dist_address", default="127.0.0.1:29500", help="host:port of node 0, the same on every node")
-    g.add_argument("--node_rank", type=int, default=0, help="this node's index, 0 .. --world_size - 1")
-    g.add_argument("--world_size", type=int, default=1, help="number of nodes")
-    g.add_argument("--num_proc_per_node", type=int, default=-1, help="processes on this node; -1: one per GPU (1 without GPUs)")
-    g.add_argument("--dist_timeout", type=float, default=1800,
+    g.add_argument("--node_rank", type=INT0, default=0, help="this node's index, 0 .. --world_size - 1")
+    g.add_argument("--world_size", type=INT1, default=1, help="number of nodes")
+    g.add_argument("--num_proc_per_node", type=Range(int, ge=1, also=(-1,)), default=-1,
+                   help="processes on this node; -1: one per GPU (1 without GPUs)")
+    g.add_argument("--dist_timeout", type=POSITIVE, default=1800,
                    help="seconds a collective may wait for another rank before this one gives up and exits")
-    g.add_argument("--sync_bn", type=str2bool, default=False, help="convert every BatchNorm to SyncBatchNorm (needs GPUs)")
-    g.add_argument("--sync_bn_group_size", type=int, default=-1,
+    g.add_argument("--sync_bn", type=str2bool, default=False,
+                   help="convert every BatchNorm to SyncBatchNorm (needs GPUs)")
+    g.add_argument("--sync_bn_group_size", type=Range(int, ge=-1), default=-1,
                    help="SyncBatchNorm group: -1 the processes of one node, 0 all processes, G groups of G consecutive ranks")
-    g.add_argument("--amp", type=str2bool, default=False, help="mixed precision: torch.autocast for the backbone and head")
-    g.add_argument("--amp_dtype", default="bf16", choices=["bf16", "fp16"], help="autocast dtype; fp16 adds a GradScaler")
+    g.add_argument("--amp", type=str2bool, default=False,
+                   help="mixed precision: torch.autocast for the backbone and head")
+    g.add_argument("--amp_dtype", default="bf16", choices=["bf16", "fp16"],
+                   help="autocast dtype; fp16 adds a GradScaler")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=256, help="global batch size in images, over all processes")
-    g.add_argument("--epochs", type=float, default=100, help="length of training in epochs")
-    g.add_argument("--iters", type=int, default=-1, help="total optimiser steps; overrides --epochs when >= 0")
-    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw"], help="optimiser (--problem eval adds lbfgs)")
-    g.add_argument("--lr", type=float, default=0.3, help="base learning rate for a batch of 256, scaled by --lr_scaling")
+    g.add_argument("--batch_size", type=INT1, default=256, help="global batch size in images, over all processes")
+    g.add_argument("--epochs", type=NONNEGATIVE, default=100, help="length of training in epochs")
+    g.add_argument("--iters", type=Range(int, ge=-1), default=-1,
+                   help="total optimiser steps; overrides --epochs when >= 0")
+    g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw"],
+                   help="optimiser (--problem eval adds lbfgs)")
+    g.add_argument("--lr", type=POSITIVE, default=0.3,
+                   help="base learning rate for a batch of 256, scaled by --lr_scaling")
     g.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt", "none"],
                    help="lr = base * batch/256 (linear), * sqrt(batch/256) (sqrt), or as given (none)")
-    g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "multistep", "const"], help="shape after the warmup")
-    g.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps spent in linear warmup")
-    g.add_argument("--warmup_start_lr", type=float, default=0.0, help="base lr at step 0 of the warmup (scaled like --lr)")
-    g.add_argument("--final_lr", type=float, default=0.0, help="base lr at the end of the cosine (scaled like --lr)")
-    g.add_argument("--lr_steps", type=float, nargs="*", default=[], help="multistep: epochs at which lr is multiplied by --lr_gamma")
-    g.add_argument("--lr_gamma", type=float, default=0.1, help="multistep factor")
-    g.add_argument("--weight_decay", type=float, default=1e-6, help="weight decay")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD/LARS momentum (AdamW: beta1)")
+    g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "multistep", "const"],
+                   help="shape after the warmup")
+    g.add_argument("--warmup", type=PROBABILITY, default=0.0, help="fraction of the steps spent in linear warmup")
+    g.add_argument("--warmup_start_lr", type=NONNEGATIVE, default=0.0,
+                   help="base lr at step 0 of the warmup (scaled like --lr)")
+    g.add_argument("--final_lr", type=NONNEGATIVE, default=0.0,
+                   help="base lr at the end of the cosine (scaled like --lr)")
+    g.add_argument("--lr_steps", type=NONNEGATIVE, nargs="*", default=[],
+                   help="multistep: epochs at which lr is multiplied by --lr_gamma")
+    g.add_argument("--lr_gamma", type=POSITIVE, default=0.1, help="multistep factor")
+    g.add_argument("--weight_decay", type=NONNEGATIVE, default=1e-6, help="weight decay")
+    g.add_argument("--momentum", type=Range(float, ge=0, lt=1), default=0.9, help="SGD/LARS momentum (AdamW: beta1)")
     g.add_argument("--nesterov", type=str2bool, default=False, help="Nesterov momentum for SGD")
     g.add_argument("--exclude_bias_and_norm", type=str2bool, default=True,
                    help="parameters with ndim <= 1 get no weight decay and no LARS adaptation")
-    g.add_argument("--larc_trust_coefficient", type=float, default=0.001, help="LARS trust coefficient eta")
+    g.add_argument("--larc_trust_coefficient", type=POSITIVE, default=0.001, help="LARS trust coefficient eta")
     g.add_argument("--larc_clip", type=str2bool, default=False, help="LARC clipping: adaptive rate min(a/lr, 1)")
-    g.add_argument("--larc_eps", type=float, default=1e-8, help="LARS epsilon in the trust ratio")
-    g.add_argument("--knn_k", type=int, default=200, help="neighbours of the kNN classifier")
-    g.add_argument("--knn_t", type=float, default=0.07, help="temperature of the kNN vote weights exp(sim/t)")
+    g.add_argument("--larc_eps", type=NONNEGATIVE, default=1e-8, help="LARS epsilon in the trust ratio")
+    g.add_argument("--knn_k", type=INT1, default=200, help="neighbours of the kNN classifier")
+    g.add_argument("--knn_t", type=POSITIVE, default=0.07, help="temperature of the kNN vote weights exp(sim/t)")
 
 
 def add_backbone_args(p):
@@ -113,37 +161,42 @@ def add_backbone_args(p):
                                                           "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
                                                           "regnet_y_32gf", "regnet_y_128gf", "regnet"],
                    help="backbone: a ResNet, a torchvision RegNetY, or `regnet` from the --regnet_* flags")
-    g.add_argument("--width", type=float, default=1.0, help="ResNet width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
+    g.add_argument("--width", type=POSITIVE, default=1.0,
+                   help="ResNet width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
     g.add_argument("--cifar_stem", type=none_or(str2bool), default=None,
                    help="3x3 stem without max-pool (default: true for images of 64 px or less)")
     g.add_argument("--stem_stride", type=int, default=1, choices=[1, 2], help="stride of the CIFAR stem's conv")
-    g.add_argument("--regnet_depth", type=int, default=16, help="--arch regnet: number of blocks")
-    g.add_argument("--regnet_w_0", type=int, default=48, help="--arch regnet: initial width")
-    g.add_argument("--regnet_w_a", type=float, default=27.89, help="--arch regnet: width slope")
-    g.add_argument("--regnet_w_m", type=float, default=2.09, help="--arch regnet: width multiplier between stages")
-    g.add_argument("--regnet_group_width", type=int, default=8, help="--arch regnet: group width of the 3x3 convs")
-    g.add_argument("--head_hidden_dims", type=int, nargs="*", default=[-1],
+    g.add_argument("--regnet_depth", type=INT1, default=16, help="--arch regnet: number of blocks")
+    g.add_argument("--regnet_w_0", type=Range(int, ge=8), default=48, help="--arch regnet: initial width")
+    g.add_argument("--regnet_w_a", type=NONNEGATIVE, default=27.89, help="--arch regnet: width slope")
+    g.add_argument("--regnet_w_m", type=Range(float, gt=1), default=2.09,
+                   help="--arch regnet: width multiplier between stages")
+    g.add_argument("--regnet_group_width", type=INT1, default=8, help="--arch regnet: group width of the 3x3 convs")
+    g.add_argument("--head_hidden_dims", type=Range(int, ge=1, also=(-1,)), nargs="*", default=[-1],
                    help="hidden widths of the MLP head; -1 = backbone feature width")
-    g.add_argument("--embedding_dim", type=int, default=128, help="output width of the head")
+    g.add_argument("--embedding_dim", type=INT1, default=128, help="output width of the head")
     g.add_argument("--head_use_bn", type=str2bool, default=True, help="BatchNorm after each hidden layer of the head")
     g.add_argument("--head_use_relu", type=str2bool, default=True, help="ReLU after each hidden layer of the head")
 
 
 def add_augment_args(p):
     g = p.add_argument_group("augmentation (multi-crop and SimCLR colour distortion)")
-    g.add_argument("--num_crops", type=int, nargs="+", default=[2], help="crops per image for each crop size")
-    g.add_argument("--size_crops", type=int, nargs="+", default=[-1], help="side of each crop size; -1 = dataset's image size")
-    g.add_argument("--min_scale_crops", type=float, nargs="+", default=[0.08], help="smallest area fraction of each crop size")
-    g.add_argument("--max_scale_crops", type=float, nargs="+", default=[1.0], help="largest area fraction of each crop size")
-    g.add_argument("--color_jitter_strength", type=none_or(float), default=None,
+    g.add_argument("--num_crops", type=INT1, nargs="+", default=[2], help="crops per image for each crop size")
+    g.add_argument("--size_crops", type=Range(int, ge=1, also=(-1,)), nargs="+", default=[-1],
+                   help="side of each crop size; -1 = dataset's image size")
+    g.add_argument("--min_scale_crops", type=Range(float, gt=0, le=1), nargs="+", default=[0.08],
+                   help="smallest area fraction of each crop size")
+    g.add_argument("--max_scale_crops", type=Range(float, gt=0, le=1), nargs="+", default=[1.0],
+                   help="largest area fraction of each crop size")
+    g.add_argument("--color_jitter_strength", type=none_or(NONNEGATIVE), default=None,
                    help="s in ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) (default: 1.0, or 0.5 for images of 32 px or less)")
-    g.add_argument("--color_jitter", type=float, nargs=4, default=None, metavar=("B", "C", "S", "H"),
+    g.add_argument("--color_jitter", type=NONNEGATIVE, nargs=4, default=None, metavar=("B", "C", "S", "H"),
                    help="brightness, contrast, saturation and hue of the colour jitter; overrides --color_jitter_strength")
-    g.add_argument("--jitter_prob", type=float, default=0.8, help="probability of colour jitter")
-    g.add_argument("--grayscale_prob", type=float, default=0.2, help="probability of grayscale")
-    g.add_argument("--blur_prob", type=none_or(float), default=None,
+    g.add_argument("--jitter_prob", type=PROBABILITY, default=0.8, help="probability of colour jitter")
+    g.add_argument("--grayscale_prob", type=PROBABILITY, default=0.2, help="probability of grayscale")
+    g.add_argument("--blur_prob", type=none_or(PROBABILITY), default=None,
                    help="probability of Gaussian blur (default: 0.5, or 0 for images of 32 px or less)")
-    g.add_argument("--solarize_prob", type=float, default=0.0, help="probability of solarization")
+    g.add_argument("--solarize_prob", type=PROBABILITY, default=0.0, help="probability of solarization")
 
 
 def find_action(parser, key):
@@ -161,7 +214,9 @@ def _convert(action, key, value):
             return v if isinstance(v, str) else str(v)
         try:
             out = action.type(v if isinstance(v, (bool, type(None))) else str(v))
-        except (ValueError, TypeError, argparse.ArgumentTypeError):
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"config key '{key}': {e}")
+        except (ValueError, TypeError):
             raise UserError(f"config key '{key}': {v!r} is not a valid {getattr(action.type, '__name__', 'value')}")
         if action.choices is not None and out not in action.choices:
             raise UserError(f"config key '{key}': {v!r} is not one of {list(action.choices)}")
@@ -205,18 +260,29 @@ def build_parser(problem, problems):
     return p
 
 
+def resumable(resume, root, name, problem):
+    """What `--resume` names: a run folder or checkpoint, or for `auto` the newest run named `--name` in the root
+    if it is unfinished (None: start a new run)."""
+    if resume != "auto":
+        return resume
+    if not name:
+        raise UserError("--resume auto needs --name: it continues the newest run of that name when unfinished")
+    return runlog.unfinished_run(root, name, problem)
+
+
 def parse_args(argv, problems):
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = Parser(add_help=False)
-    pre.add_argument("--problem")
-    pre.add_argument("--config")
-    pre.add_argument("--resume")
+    for flag in ("--problem", "--config", "--resume", "--root", "--name"):
+        pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
     cfg = read_config(known.config) if known.config else {}
-    saved = checkpoint.saved_args(known.resume) if known.resume else {}
+    root = known.root or cfg.get("root") or os.environ.get("EXMAN_PATH", "./logs")
+    resume = resumable(known.resume, root, known.name or cfg.get("name"), known.problem or cfg.get("problem"))
+    saved = checkpoint.saved_args(resume) if resume else {}
     problem = known.problem or cfg.get("problem") or saved.get("problem") or "simclr"
     if saved and problem != saved["problem"]:
-        raise UserError(f"--resume {known.resume} is a '{saved['problem']}' run, not '{problem}'")
+        raise UserError(f"--resume {resume} is a '{saved['problem']}' run, not '{problem}'")
     parser = build_parser(problem, problems)
 
     # the resumed run's own flags (not where it ran), then the config's, then the command line's
@@ -230,8 +296,11 @@ def parse_args(argv, problems):
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     args.problem = problem
-    if known.resume:
-        args.resume = checkpoint.resolve(known.resume)
+    args.resume = checkpoint.resolve(resume) if resume else None
     if args.root is None:
         args.root = os.environ.get("EXMAN_PATH", "./logs")
+    if os.sep in args.name or args.name in (".", ".."):
+        raise UserError(f"--name {args.name!r} is part of a folder name: no '{os.sep}', not '.' or '..'")
+    if os.path.exists(args.root) and not os.path.isdir(args.root):
+        raise UserError(f"--root {args.root} is a file, not a folder")
     return args
