@@ -23,10 +23,12 @@ def bernoulli(p, n, gen):
 def sample_boxes(n, height, width, scale, ratio, gen, tries=10):
     """RandomResizedCrop boxes (x0, y0, w, h) in pixels, (n, 4): area fraction ~ U(scale), log aspect ~ U(log ratio).
 
-    As torchvision: the first of `tries` draws that fits the image, else the centre crop of clamped aspect.
+    `scale` is (lo, hi), or an (n, 2) tensor with a range per box. As torchvision: the first of `tries` draws
+    that fits the image, else the centre crop of clamped aspect.
     """
     area = height * width
-    target = area * uniform(scale[0], scale[1], (n, tries), gen)
+    lo, hi = (scale[:, :1], scale[:, 1:]) if torch.is_tensor(scale) else scale
+    target = area * uniform(lo, hi, (n, tries), gen)
     aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1]), (n, tries), gen))
     w = torch.sqrt(target * aspect).round()
     h = torch.sqrt(target / aspect).round()

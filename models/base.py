@@ -90,7 +90,8 @@ class Problem(nn.Module):
         """The batches of every epoch: this rank's share of each global batch (all of it when replicated)."""
         shards = 1 if self.replicated(self.args) else dist.world_size()
         return TrainBatches(self.train_data(), self.args.batch_size, self.args.seed, self.device, crops=self.augment.crops,
-                            workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards)
+                            workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
+                            decode=self.args.decode)
 
     def make_optimizer(self):
         return optim.build_optimizer(self, self.args)

@@ -99,6 +99,9 @@ def add_common_args(p):
     g.add_argument("--data_root", default=None,
                    help="where the dataset's files are (default: the dataset's usual place)")
     g.add_argument("--subset", type=INT0, default=0, help="train on a fixed random subset of this many images (0: all)")
+    g.add_argument("--decode", default="workers", choices=["workers", "device"],
+                   help="folder datasets: workers decode and crop (PIL), or workers only read the JPEG bytes and the "
+                        "training device decodes (nvjpeg on CUDA) and crops (roi_align)")
     g.add_argument("--workers", type=INT0, default=4,
                    help="data loader processes for folder datasets (in-memory data needs none)")
 
