@@ -206,8 +206,11 @@ def test_demo_flags_never_train_the_random_init_backbone(monkeypatch):
     from tools.demo import pretrain_argvs
     monkeypatch.chdir(ROOT)  # the demo names its configs relative to the repository
     simclr, random_init = (parse_args(argv, train.PROBLEMS) for argv in pretrain_argvs(["--iters", "1000", "--seed", "1"]))
-    assert (simclr.iters, simclr.seed, simclr.eval_freq) == (1000, 1, -1)
+    assert (simclr.iters, simclr.seed, simclr.eval_freq, simclr.amp) == (1000, 1, -1, False)
     assert (random_init.iters, random_init.seed, random_init.name) == (0, 1, "random_init")
+    # on a CPU with native bf16 the demo pretrains under bf16 autocast, unless the user's flags say otherwise
+    assert parse_args(pretrain_argvs([], bf16=True)[0], train.PROBLEMS).amp is True
+    assert parse_args(pretrain_argvs(["--amp", "false"], bf16=True)[0], train.PROBLEMS).amp is False
 
 
 @pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(ROOT, "configs"))))

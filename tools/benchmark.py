@@ -1,19 +1,78 @@
-"""Training throughput of a problem's model: python -m tools.benchmark --config configs/X.yaml [--flag value ...].
+"""Throughput, measured: python -m tools.benchmark MODE [flags]. Each mode prints its rows and appends them to
+docs/benchmarks.md with the date, the machine, the commit and the command (--no_record: print only).
 
-Times full optimiser steps (augmentation, forward, loss, backward, step) on one batch of real images,
-after a few warm-up steps, and prints images/s and crops/s. Writes no run folder.
+- `step --config configs/X.yaml [train.py flags]`: one full optimiser step (augmentation, forward, loss,
+  backward, step) on a batch of in-memory images: img/s and crops/s.
+- `loader --data_root DIR --workers N [--crops 2x224+6x96]`: the folder pipeline alone, images/s, against a
+  baseline written here, the torchvision pipeline of the SwAV/VISSL code (PIL RandomResizedCrop, flip,
+  ColorJitter, grayscale, blur, ToTensor and Normalize per crop, in DataLoader workers). DIR is filled with
+  ImageNet-like JPEGs when empty. Ends with one JSON line holding baseline_img_s and repo_img_s.
+- `scale [--fraction F]`: the method-specific work per step at ImageNet size (F = 1) on this device, in ms:
+  NPID's bank scores and update, DeepCluster-v2's k-means, Sinkhorn with a queue, the SimCLR loss.
 """
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFilter
 
 import train
+from data.datasets import STATS, FolderData
+from data.loader import TrainBatches
+from models.losses import info_nce_loss, sinkhorn
+from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives, spherical_kmeans
 from utils.config import parse_args
 from utils.errors import UserError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "docs", "benchmarks.md")
 
-def benchmark(argv, steps=10, warmup=3):
+
+def machine(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def record(rows, device, argv, path=None):
+    """Append `rows` (one line of text each) to docs/benchmarks.md under a header naming when, where and how."""
+    git = ["git", "-C", ROOT]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if commit and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True).stdout.strip():
+        commit += " with uncommitted changes"
+    command = "python -m tools.benchmark " + " ".join(argv)
+    with open(path or RESULTS, "a") as f:
+        f.write(f"\n### {datetime.date.today()}, {machine(device)}, torch {torch.__version__}, commit {commit or '?'}\n"
+                f"`{command}`\n\n" + "".join(f"- {row}\n" for row in rows))
+
+
+def timed(fn, repeats, device, warmup=True):
+    """Seconds per call of fn(), after one warm-up call."""
+    if warmup:
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+# ---------------------------------------------------------------------------------------------- step
+
+def step(argv, steps=10, warmup=3):
     args = parse_args(argv, train.PROBLEMS)
     device = train.pick_device(args)
     torch.backends.cudnn.benchmark = True
@@ -21,32 +80,219 @@ def benchmark(argv, steps=10, warmup=3):
     model = train.PROBLEMS[args.problem].build(args, device).to(device).train()
     data = model.data
     if not hasattr(data.train, "images"):
-        raise UserError("the benchmark times in-memory datasets (fmnist, cifar, stl10); folder data is bound by its loader")
+        raise UserError("step times in-memory datasets (fmnist, cifar, stl10); time folder data with `loader`")
     optimizer = model.make_optimizer()
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
     idx = torch.arange(args.batch_size) % len(data.train)
     batch = data.train.images[idx.to(data.train.images.device)], data.train.labels[idx], idx
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.time()
-        train.train_step(model, optimizer, batch, i, scaler)
+    counter = iter(range(10 ** 9))
+    for _ in range(warmup - 1):
+        train.train_step(model, optimizer, batch, next(counter), scaler)
+    seconds = timed(lambda: train.train_step(model, optimizer, batch, next(counter), scaler), steps, device)
+    crops = len(model.augment.crops)
+    precision = args.amp_dtype if args.amp else "fp32"
+    row = (f"step: {args.problem} {args.arch} width {args.width} batch {args.batch_size} x {crops} crops {precision} on "
+           f"{device.type} ({torch.get_num_threads()} threads): {seconds:.3f} s/step, {args.batch_size / seconds:.0f} img/s, "
+           f"{crops * args.batch_size / seconds:.0f} crops/s")
+    return [row], device, dict(s_per_step=seconds, img_s=args.batch_size / seconds)
+
+
+# -------------------------------------------------------------------------------------------- loader
+
+def natural_image(rng, height, width):
+    """An RGB uint8 image with natural-image statistics: a 1/f^1.15 amplitude spectrum (smooth regions and
+    texture) under a few flat-shaded shapes (objects with edges), plus a little sensor noise."""
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    amplitude = np.maximum(np.hypot(fy, fx), 1.0 / max(height, width)) ** -1.15
+    channels = []
+    for _ in range(3):
+        phase = rng.uniform(0, 2 * np.pi, amplitude.shape)
+        field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(height, width))
+        channels.append(field / (field.std() + 1e-8))
+    luma = channels[0]
+    rgb = np.stack([luma + 0.35 * channels[1], luma + 0.35 * channels[2], luma - 0.35 * (channels[1] + channels[2])], -1)
+    img = Image.fromarray(np.clip(128 + 40 * rgb, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.integers(2, 7)):
+        x0, y0 = rng.uniform(-0.2, 1.0) * width, rng.uniform(-0.2, 1.0) * height
+        box = [x0, y0, x0 + rng.uniform(0.1, 0.6) * width, y0 + rng.uniform(0.1, 0.6) * height]
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(0.8))  # a lens's softness on the edges
+    return np.clip(np.asarray(img, np.float32) + rng.normal(0, 3, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def make_jpeg_folder(root, images, classes=10, seed=0):
+    """`images` JPEGs (quality 90) of ImageNet-like sizes: width about 500 (350-800), aspect 4:3 mostly."""
+    rng = np.random.default_rng(seed)
+    for i in range(images):
+        folder = os.path.join(root, "train", f"class{i % classes:03d}")
+        os.makedirs(folder, exist_ok=True)
+        width = int(np.clip(rng.normal(500, 90), 350, 800))
+        aspect = rng.choice([4 / 3, 4 / 3, 4 / 3, 3 / 4, 1.0, 16 / 9])
+        height = int(round(width / aspect))
+        Image.fromarray(natural_image(rng, height, width)).save(os.path.join(folder, f"{i:06d}.JPEG"), quality=90)
+    os.makedirs(os.path.join(root, "val"), exist_ok=True)
+
+
+def parse_crops(text):
+    """'2x224+6x96' -> [(224, (0.14, 1.0)), (224, ...), (96, (0.05, 0.14)) x 6], SwAV's scales (one size: 0.08-1)."""
+    parts = [tuple(int(v) for v in p.split("x")) for p in text.split("+")]
+    if len(parts) == 1:
+        scales = [(0.08, 1.0)]
+    else:
+        scales = [(0.14, 1.0)] + [(0.05, 0.14)] * (len(parts) - 1)
+    return [(size, scale) for (n, size), scale in zip(parts, scales) for _ in range(n)]
+
+
+class BaselineMultiCrop(torch.utils.data.Dataset):
+    """The SwAV/VISSL multi-crop dataset: decode with PIL, then per crop RandomResizedCrop (bicubic), flip,
+    ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2, PIL Gaussian blur p 0.5, ToTensor, Normalize."""
+
+    def __init__(self, paths, crops):
+        import torchvision.transforms as T
+        self.paths = paths
+        mean, std = STATS["imagenet"]
+        self.transforms = [T.Compose([
+            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.Lambda(lambda im: im.filter(ImageFilter.GaussianBlur(np.random.uniform(0.1, 2.0))))], p=0.5),
+            T.ToTensor(),
+            T.Normalize(mean, std)]) for size, scale in crops]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as img:
+            img = img.convert("RGB")
+        return [t(img) for t in self.transforms]
+
+
+def images_per_second(batches, batch_size, count, device=torch.device("cpu")):
+    """Images/s over `count` batches of an iterator, after its first batch (workers starting) is discarded."""
+    it = iter(batches)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(count):
+        next(it)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.time() - start) / steps
-    crops = len(getattr(model.augment, "crops", [None]))
-    precision = args.amp_dtype if args.amp else "fp32"
-    print(f"{args.problem} {args.arch} width {args.width} batch {args.batch_size} {precision} on {device} "
-          f"({torch.get_num_threads()} threads): {seconds:.3f} s/step, {args.batch_size / seconds:.0f} img/s, "
-          f"{crops * args.batch_size / seconds:.0f} crops/s")
+    return count * batch_size / (time.perf_counter() - start)
 
 
-if __name__ == "__main__":
+def loader(argv):
+    p = argparse.ArgumentParser(prog="python -m tools.benchmark loader")
+    p.add_argument("--data_root", required=True, help="folder with train/<class>/*.JPEG; generated when empty")
+    p.add_argument("--images", type=int, default=640, help="JPEGs to generate when the folder is empty")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of both pipelines")
+    p.add_argument("--crops", default="2x224+6x96", help="crop recipe: NxSIZE[+NxSIZE...]")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batches", type=int, default=16, help="batches timed (after one discarded)")
+    p.add_argument("--only", choices=["both", "baseline", "repo"], default="both")
+    p.add_argument("--decode", choices=["workers", "device"], default="workers", help="the repo's --decode")
+    p.add_argument("--device", default="cpu", help="the training device (--decode device decodes there)")
+    args = p.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.data_root, "train")):
+        make_jpeg_folder(args.data_root, args.images)
+    data = FolderData("imagenet", os.path.join(args.data_root, "train"))
+    needed = (args.batches + 1) * args.batch_size
+    if len(data) < needed:
+        raise UserError(f"{args.data_root} holds {len(data)} images; {needed} are needed (--batches, --batch_size)")
+    crops = parse_crops(args.crops)
+    result = dict(workers=args.workers, crops=args.crops, batch_size=args.batch_size)
+    rows = []
+    torch.manual_seed(0)
+    if args.only in ("both", "baseline"):
+        baseline = torch.utils.data.DataLoader(BaselineMultiCrop(data.paths, crops), batch_size=args.batch_size,
+                                               shuffle=True, num_workers=args.workers, drop_last=True)
+        result["baseline_img_s"] = images_per_second(baseline, args.batch_size, args.batches)
+        rows.append(f"loader: baseline (torchvision PIL transforms per crop), {args.crops}, {args.workers} workers: "
+                    f"{result['baseline_img_s']:.1f} img/s")
+    if args.only in ("both", "repo"):
+        device = torch.device(args.device)
+        batches = TrainBatches(data, args.batch_size, 0, device, crops=crops, workers=args.workers, decode=args.decode)
+        result["repo_img_s"] = images_per_second(batches.epoch(0), args.batch_size, args.batches, device)
+        how = "decode and crop to uint8 in workers" if args.decode == "workers" else f"decode and crop on {device}"
+        rows.append(f"loader: repo ({how}; colour on the device), {args.crops}, "
+                    f"{args.workers} workers: {result['repo_img_s']:.1f} img/s")
+    if len(result) == 5:
+        result["ratio"] = result["repo_img_s"] / result["baseline_img_s"]
+        rows.append(f"loader: repo / baseline = {result['ratio']:.2f}")
+    return rows, torch.device("cpu"), result
+
+
+# --------------------------------------------------------------------------------------------- scale
+
+def scale(argv):
+    """Per-step cost of each method's own work at ImageNet size; `--fraction` shrinks every size (for tests)."""
+    p = argparse.ArgumentParser(prog="python -m tools.benchmark scale")
+    p.add_argument("--fraction", type=float, default=1.0, help="multiply every size by this (1: ImageNet)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    f = args.fraction
+
+    def n(x):
+        return max(2, int(round(x * f)))
+    gen = torch.Generator(device).manual_seed(0)
+    rows, result = [], {}
+
+    def measure(name, fn, expensive=False, times=1):
+        """ms of `times` calls of fn; an expensive fn is timed once, without a warm-up call."""
+        ms = 1000 * times * timed(fn, 1 if expensive else args.repeats, device, warmup=not expensive)
+        result[name] = ms
+        rows.append(f"scale: {name}: {ms:.1f} ms")
+
+    bank = init_memory_bank(n(1_281_167), 128, gen)
+    v = torch.nn.functional.normalize(torch.randn(n(32), 128, device=device, generator=gen), dim=1)
+    idx = torch.randperm(len(bank), device=device, generator=gen)[:len(v)]
+    for k in (4096, 32000):
+        def npid(k=k):
+            rows_ = torch.cat([idx[:, None], sample_negatives(len(v), n(k), len(bank), gen)], 1)
+            memory_scores(bank, v, rows_)
+            momentum_update(bank, idx, v, 0.5)
+        measure(f"NPID bank {len(bank)} x 128, local batch {len(v)}, K = {n(k)}: scores + update", npid)
+    for rows_per_rank in (20_000, 160_000):
+        z = torch.nn.functional.normalize(torch.randn(n(rows_per_rank), 128, device=device, generator=gen), dim=1)
+
+        measure(f"DCv2 k-means, 3 heads x {n(3000)} clusters, 10 iterations, {len(z)} rows (once an epoch; one head "
+                f"timed, x 3)", lambda z=z: spherical_kmeans(z, z[:n(3000)], 10), expensive=True, times=3)
+    scores = torch.randn(n(4096) + n(3840), n(3000), device=device, generator=gen)
+    measure(f"Sinkhorn, {n(4096)} x {n(3000)} scores + a {n(3840)}-row queue, 3 iterations", lambda: sinkhorn(scores, 0.05, 3))
+    for batch in (512, 4096):
+        z = torch.randn(2 * n(batch), 128, device=device, generator=gen, requires_grad=True)
+        measure(f"SimCLR loss, batch {n(batch)} x 2 crops, forward + backward",
+                lambda z=z: info_nce_loss(z, 2, 0.1).backward())
+    return rows, device, result
+
+
+MODES = {"step": step, "loader": loader, "scale": scale}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode, rest = (argv[0], argv[1:]) if argv and argv[0] in MODES else ("step", argv)
+    no_record = "--no_record" in rest
+    rest = [a for a in rest if a != "--no_record"]
     try:
-        benchmark(sys.argv[1:])
+        rows, device, result = MODES[mode](rest)
     except UserError as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
         sys.exit(2)
+    for row in rows:
+        print(row)
+    if not no_record:
+        record(rows, device, [mode] + rest)
+    print(json.dumps(dict(mode=mode, **result)))
+    return result
+
+
+if __name__ == "__main__":
+    main()
