@@ -43,14 +43,13 @@ def machine(device):
     return f"{name}, {os.cpu_count()} cores"
 
 
-def record(rows, device, argv, path=None):
+def record(rows, device, command, path=None):
     """Append `rows` (one line of text each) to docs/benchmarks.md under a header naming when, where and how."""
     git = ["git", "-C", ROOT]
     commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     if commit and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                  text=True).stdout.strip():
         commit += " with uncommitted changes"
-    command = "python -m tools.benchmark " + " ".join(argv)
     with open(path or RESULTS, "a") as f:
         f.write(f"\n### {datetime.date.today()}, {machine(device)}, torch {torch.__version__}, commit {commit or '?'}\n"
                 f"`{command}`\n\n" + "".join(f"- {row}\n" for row in rows))
@@ -72,7 +71,12 @@ def timed(fn, repeats, device, warmup=True):
 
 # ---------------------------------------------------------------------------------------------- step
 
-def step(argv, steps=10, warmup=3):
+def step(argv, warmup=3):
+    """`--steps N` (default 10) is this mode's own flag; the others are train.py's."""
+    steps = 10
+    if "--steps" in argv:
+        at = argv.index("--steps")
+        steps, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
     args = parse_args(argv, train.PROBLEMS)
     device = train.pick_device(args)
     torch.backends.cudnn.benchmark = True
@@ -289,7 +293,7 @@ def main(argv=None):
     for row in rows:
         print(row)
     if not no_record:
-        record(rows, device, [mode] + rest)
+        record(rows, device, "python -m tools.benchmark " + " ".join([mode] + rest))
     print(json.dumps(dict(mode=mode, **result)))
     return result
 
