@@ -58,11 +58,6 @@ def step():
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-step()
-start = time.perf_counter()
-for _ in range(steps):
-    step()
-print(json.dumps(dict(img_s=batch * steps / (time.perf_counter() - start))))
 '''
 
 
@@ -110,12 +105,17 @@ def step():
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+'''
+
+# both peer scripts end the same way: one untimed step, then `steps` timed ones
+TIMED = r'''
 step()
 start = time.perf_counter()
 for _ in range(steps):
     step()
 print(json.dumps(dict(img_s=batch * steps / (time.perf_counter() - start))))
 '''
+
 
 def write_cifar(root, images, seed=0):
     """`images` generated 32 px images as CIFAR-10's data_batch_1..5 and test_batch pickles."""
@@ -147,7 +147,7 @@ def main():
     for name, text in (("lightly", LIGHTLY), ("simclr-pytorch", SIMCLR_PYTORCH)):
         scripts[name] = os.path.join(root, f"peer_{name.replace('-', '_')}.py")  # not lightly.py: it would shadow lightly
         with open(scripts[name], "w") as f:
-            f.write(text)
+            f.write(text + TIMED)
     repo = [sys.executable, "-m", "tools.benchmark", "step", "--no_record", "--steps", str(args.steps), "--data", "cifar10",
             "--data_root", root,
             "--problem", "simclr", "--arch", "resnet18", "--width", "1", "--cifar_stem", "true", "--batch_size",
