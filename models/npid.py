@@ -57,7 +57,11 @@ class NPID(Pretrain):
             loss = nce_loss(scores, self.z_const, size, self.args.nce_eps)
         else:
             loss = F.cross_entropy(scores, torch.zeros_like(idx))
-        logs = dict(z_const=self.z_const) if self.args.loss_type == "nce" else {}
+        # mean cosine similarity to the image's own bank row and to the negatives' rows: what the loss pulls and pushes
+        cosines = scores.detach().float() * self.args.temperature
+        logs = dict(pos_sim=cosines[:, 0].mean(), neg_sim=cosines[:, 1:].mean())
+        if self.args.loss_type == "nce":
+            logs["z_const"] = self.z_const
         return loss, logs, dict(embeddings=v.detach(), index=idx, scores=scores.detach())
 
     @torch.no_grad()

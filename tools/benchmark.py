@@ -43,15 +43,20 @@ def machine(device):
     return f"{name}, {os.cpu_count()} cores"
 
 
+def commit():
+    """The short commit of the working tree, marked when tracked files have uncommitted changes; '?' outside git."""
+    git = ["git", "-C", ROOT]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip():
+        head += " with uncommitted changes"
+    return head or "?"
+
+
 def record(rows, device, command, path=None):
     """Append `rows` (one line of text each) to docs/benchmarks.md under a header naming when, where and how."""
-    git = ["git", "-C", ROOT]
-    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if commit and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                 text=True).stdout.strip():
-        commit += " with uncommitted changes"
     with open(path or RESULTS, "a") as f:
-        f.write(f"\n### {datetime.date.today()}, {machine(device)}, torch {torch.__version__}, commit {commit or '?'}\n"
+        f.write(f"\n### {datetime.date.today()}, {machine(device)}, torch {torch.__version__}, commit {commit()}\n"
                 f"`{command}`\n\n" + "".join(f"- {row}\n" for row in rows))
 
 

@@ -1,0 +1,69 @@
+"""tools/results.py on a tiny budget: every method pretrains and is probed, the table and the figure are written,
+and a second run skips what the first finished."""
+import json
+
+import pytest
+
+from conftest import TINY
+from tools import results
+
+PROBE = ["--subset", "512", "--batch_size", "512", "--iters", "3", "--workers", "0", "--knn_k", "20"]
+PRETRAIN = TINY + ["--iters", "4", "--log_freq", "2", "--knn_k", "20"]
+
+
+def tool(tmp_path, methods, pretrain=PRETRAIN):
+    doc = tmp_path / "results.md"
+    if not doc.exists():
+        doc.write_text(f"# before\n{results.BEGIN}\nold table\n{results.END}\n# after\n")
+    argv = ["--methods", *methods, "--root", str(tmp_path / "logs"), "--eval_every", "2", "--amp", "false",
+            "--pretrain_flags", " ".join(pretrain), "--probe_flags", " ".join(PROBE), "--table", str(doc),
+            "--plot", str(tmp_path / "fig.png")]
+    return results.main(argv), doc
+
+
+def test_every_method_gets_a_row_a_curve_and_a_saved_result(tmp_path, fmnist):
+    rows, doc = tool(tmp_path, ["simclr", "swav", "npid", "dcv2", "random", "pixels"])
+    assert [r["method"] for r in rows] == ["simclr", "swav", "npid", "dcv2", "random", "pixels"]
+    text = doc.read_text()
+    assert text.startswith("# before\n") and text.endswith("# after\n") and "old table" not in text
+    table = text.split(results.BEGIN)[1].split(results.END)[0].strip().splitlines()
+    assert table[0].startswith("| method | config | pretraining (min) | img/s | linear | kNN |")
+    assert len(table) == 2 + 6 and all(line.count("|") == 10 for line in table)
+    for r, line in zip(rows, table[2:]):
+        assert 0 <= r["linear"] <= 100 and 0 <= r["knn"] <= 100
+        assert f"| {r['linear']:.2f} | {r['knn']:.2f} |" in line
+        assert json.loads((tmp_path / "logs" / "results" / f"{r['method']}.json").read_text())["linear"] == r["linear"]
+    for r in rows[:4]:  # the pretrained methods: time, rate and a kNN curve with the monitor's points
+        assert r["minutes"] > 0 and r["img_per_s"] > 0
+        (t_knn, knn), (t_loss, loss) = results.curves(r["pretraining"])
+        assert len(knn) == 2 and list(t_knn) == sorted(t_knn) and len(loss) == 2
+    assert "minutes" not in rows[5] and rows[4]["minutes"] == 0
+    png = (tmp_path / "fig.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
+
+
+def test_a_rerun_skips_finished_methods_and_redoes_changed_ones(tmp_path, fmnist, capsys):
+    first, _ = tool(tmp_path, ["simclr"])
+    again, _ = tool(tmp_path, ["simclr"])
+    assert again == first and "simclr: done before" in capsys.readouterr().out
+    changed, _ = tool(tmp_path, ["simclr"], PRETRAIN + ["--iters", "2"])
+    assert changed[0]["pretraining"] != first[0]["pretraining"]
+
+
+def test_an_interrupted_probe_keeps_the_pretraining(tmp_path, fmnist, monkeypatch):
+    real = results.train.main
+
+    def stop_at_probe(argv):
+        if "--encoder_ckpt" in argv:
+            raise KeyboardInterrupt
+        return real(argv)
+
+    monkeypatch.setattr(results.train, "main", stop_at_probe)
+    with pytest.raises(KeyboardInterrupt):
+        tool(tmp_path, ["simclr"])
+    saved = json.loads((tmp_path / "logs" / "results" / "simclr.json").read_text())
+    assert "linear" not in saved
+    monkeypatch.setattr(results.train, "main", real)
+    rows, _ = tool(tmp_path, ["simclr"])
+    assert rows[0]["pretraining"] == saved["pretraining"]
+    assert len([f for f in (tmp_path / "logs" / "runs").iterdir() if f.name.endswith("results_simclr")]) == 1

@@ -1,0 +1,197 @@
+"""Fashion-MNIST results of every method: python -m tools.results [--methods simclr swav npid dcv2 random pixels].
+
+Each method pretrains its `configs/fmnist_<method>.yaml` (under bf16 autocast on CPUs with native bf16, as the
+demo does) with the kNN monitor every --eval_every steps, then `configs/fmnist_eval.yaml` probes its backbone;
+`random` is the SimCLR config with no steps and `pixels` probes the raw images. Each finished method is saved to
+<root>/results/<method>.json, so a re-run skips it (unless its config or flags changed) and continues an
+interrupted pretraining from its last checkpoint. At the end the table replaces the one between the markers
+of docs/results.md and README.md, and one figure of kNN accuracy and training loss against pretraining time
+goes to docs/results_fmnist.png.
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shlex
+
+import matplotlib
+import pandas as pd
+import torch
+import yaml
+
+import train
+from tools.benchmark import commit, machine
+from tools.demo import native_bf16
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = {"simclr": "SimCLR", "swav": "SwAV", "npid": "NPID", "dcv2": "DeepCluster-v2",
+           "random": "random-init backbone", "pixels": "raw pixels"}
+PROBE = "configs/fmnist_eval.yaml"
+BEGIN, END = "<!-- results table: python -m tools.results -->", "<!-- end of results table -->"
+
+
+def config_of(method):
+    return None if method == "pixels" else f"configs/fmnist_{'simclr' if method == 'random' else method}.yaml"
+
+
+def fingerprint(method, pretrain_flags, probe_flags):
+    """What a saved result was made from: a changed config or flag makes it stale."""
+    text = "".join(open(os.path.join(ROOT, path)).read() for path in (config_of(method), PROBE) if path)
+    return hashlib.sha256(json.dumps([text, pretrain_flags, probe_flags]).encode()).hexdigest()[:16]
+
+
+def pretraining_time(folder, batch_size):
+    """(seconds, img/s) of the optimiser steps alone, summed over logs.csv's rows (the kNN monitor excluded)."""
+    rows = pd.read_csv(os.path.join(folder, "logs.csv"))
+    rows = rows[rows["img_per_s"].notna()] if "img_per_s" in rows else rows.iloc[:0]
+    steps = rows["iter"].diff().fillna(rows["iter"])
+    seconds = float((steps * batch_size / rows["img_per_s"]).sum())
+    return seconds, (float(steps.sum()) * batch_size / seconds if seconds else float("nan"))
+
+
+def pretrain(method, root, flags, eval_every, bf16):
+    """The pretraining run's folder; continues the newest unfinished one of this method when there is one."""
+    argv = ["--config", config_of(method), "--root", root, "--name", f"results_{method}", "--resume", "auto"]
+    argv += ["--eval_freq", str(eval_every)] + (["--amp", "true"] if bf16 else []) + flags
+    if method == "random":
+        argv += ["--iters", "0", "--eval_freq", "-1"]
+    folder, _ = train.main(argv)
+    return folder
+
+
+def run_method(method, args, bf16):
+    """Pretrain and probe `method`, or read its saved result; the result as a dict."""
+    path = os.path.join(args.root, "results", f"{method}.json")
+    key = fingerprint(method, args.pretrain_flags, args.probe_flags)
+    saved = json.load(open(path)) if os.path.exists(path) else {}
+    if saved.get("fingerprint") == key and "linear" in saved:
+        print(f"{method}: done before, {path}")
+        return saved
+    if saved.get("fingerprint") != key:
+        saved = dict(fingerprint=key)
+    if method != "pixels" and "pretraining" not in saved:
+        folder = pretrain(method, args.root, args.pretrain_flags, args.eval_every, bf16)
+        seconds, rate = (0.0, float("nan")) if method == "random" else pretraining_time(folder, train_batch_size(folder))
+        saved.update(pretraining=folder, minutes=seconds / 60, img_per_s=rate, amp=bf16)
+        save_json(path, saved)  # a stop during the probe keeps the pretraining
+    encoder = saved.get("pretraining", "pixels")
+    folder, metrics = train.main(["--config", PROBE, "--root", args.root, "--name", f"results_{method}_probe",
+                                  "--encoder_ckpt", encoder] + args.probe_flags)
+    saved.update(method=method, config=config_of(method), probe=folder, linear=metrics["test_acc1"],
+                 knn=metrics["knn_acc1"], commit=commit(), date=str(datetime.date.today()),
+                 device=machine(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))))
+    save_json(path, saved)
+    return saved
+
+
+def train_batch_size(folder):
+    with open(os.path.join(folder, "params.yaml")) as f:
+        return yaml.safe_load(f)["batch_size"]
+
+
+def save_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def table(results):
+    """The markdown table of the results, one row per method."""
+    lines = ["| method | config | pretraining (min) | img/s | linear | kNN | commit | date | device |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        config = f"`{os.path.basename(r['config'])}`" if r["config"] else "none"
+        if r["method"] == "random":
+            config += " `--iters 0`"
+        minutes = f"{r['minutes']:.1f}" if r.get("minutes") else ""
+        rate = f"{r['img_per_s']:.0f}" if r.get("minutes") else ""
+        precision = " (bf16)" if r.get("amp") and r.get("minutes") else ""
+        lines.append(f"| {METHODS[r['method']]} | {config} | {minutes}{precision} | {rate} | {r['linear']:.2f} | "
+                     f"{r['knn']:.2f} | {r['commit']} | {r['date']} | {r['device']} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_table(path, text):
+    """Put `text` between the markers of the file at `path`; False when the file has no markers."""
+    if not os.path.exists(path):
+        return False
+    body = open(path).read()
+    if BEGIN not in body or END not in body:
+        return False
+    head, rest = body.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w") as f:
+        f.write(f"{head}{BEGIN}\n{text}{END}{tail}")
+    return True
+
+
+def curves(folder):
+    """(minutes, kNN) and (minutes, loss) of a pretraining run, the time counting optimiser steps only."""
+    rows = pd.read_csv(os.path.join(folder, "logs.csv"))
+    batch = train_batch_size(folder)
+    rate = rows["img_per_s"] if "img_per_s" in rows else pd.Series(float("nan"), index=rows.index)
+    steps = rows["iter"].diff().fillna(rows["iter"]).where(rate.notna(), 0)
+    minutes = (steps * batch / rate).fillna(0).cumsum() / 60
+    knn = rows["knn_acc1"] if "knn_acc1" in rows else pd.Series(float("nan"), index=rows.index)
+    loss = rows["train_loss"] if "train_loss" in rows else pd.Series(float("nan"), index=rows.index)
+    return (minutes[knn.notna()], knn[knn.notna()]), (minutes[loss.notna()], loss[loss.notna()])
+
+
+def plot(results, path):
+    fig, (ax_knn, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        if not r.get("minutes"):
+            if r["method"] in ("random", "pixels"):
+                ax_knn.axhline(r["knn"], ls=":", color="gray" if r["method"] == "random" else "black", lw=1,
+                               label=f"{METHODS[r['method']]} ({r['knn']:.1f})")
+            continue
+        (t_knn, knn), (t_loss, loss) = curves(r["pretraining"])
+        line, = ax_knn.plot(t_knn, knn, marker="o", label=f"{METHODS[r['method']]} ({r['knn']:.1f})")
+        ax_loss.plot(t_loss, loss, color=line.get_color(), label=METHODS[r["method"]])
+    ax_knn.set(xlabel="pretraining minutes", ylabel="kNN top-1 (%), Fashion-MNIST test", title="kNN monitor")
+    ax_loss.set(xlabel="pretraining minutes", ylabel="training loss", yscale="log", title="loss (each method its own)")
+    for ax in (ax_knn, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--root", default=os.path.join(ROOT, "logs"), help="exman root of the runs; results/ holds the saved results")
+    p.add_argument("--eval_every", type=int, default=300, help="steps between kNN evaluations while pretraining")
+    p.add_argument("--pretrain_flags", type=shlex.split, default=[], help='extra train.py flags for every pretraining, '
+                   'e.g. "--iters 100"')
+    p.add_argument("--probe_flags", type=shlex.split, default=[], help="extra train.py flags for every probe")
+    p.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
+                   help="bf16 autocast while pretraining; auto: on CPUs with native bf16")
+    p.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--table", nargs="*", default=[os.path.join(ROOT, "docs", "results.md"), os.path.join(ROOT, "README.md")],
+                   help="files whose results table (between the markers) is replaced")
+    p.add_argument("--plot", default=os.path.join(ROOT, "docs", "results_fmnist.png"), help="the figure's path")
+    args = p.parse_args(argv)
+    if args.device:
+        args.pretrain_flags = ["--device", args.device] + args.pretrain_flags
+        args.probe_flags = ["--device", args.device] + args.probe_flags
+    bf16 = native_bf16() if args.amp == "auto" else args.amp == "true"
+    results = [run_method(m, args, bf16) for m in args.methods]  # train.py's errors exit with its one-line message
+    text = table(results)
+    print("\n" + text)
+    for path in args.table:
+        if not replace_table(path, text):
+            print(f"{path} has no results-table markers; left as it is")
+    plot(results, args.plot)
+    print(f"figure: {args.plot}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
