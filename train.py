@@ -107,7 +107,7 @@ class Run:
     def set_lr(self):
         self.lr = lr_at(self.step, self.total, self.steps_per_epoch, self.args)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)
 
     def loop(self):
         """The shared training loop: epochs of batches, one optimiser step each, until done or stopped."""

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from models.base import Pretrain
 from models.losses import swav_loss
-from utils import config, dist
+from utils import config, dist, optim
 
 
 class SwAV(Pretrain):
@@ -26,6 +26,8 @@ class SwAV(Pretrain):
                        help="epoch at which the queue starts filling")
         g.add_argument("--freeze_prototypes_niters", type=config.INT0, default=313,
                        help="steps during which prototypes stay fixed")
+        g.add_argument("--prototypes_lr_scale", type=config.POSITIVE, default=1.0,
+                       help="the prototypes' learning rate as a factor of the schedule's")
         g.add_argument("--temp_hard_assignment_iters", type=config.INT0, default=0, help="steps that use one-hot codes")
         g.add_argument("--use_double_precision", type=config.str2bool, default=False,
                        help="Sinkhorn and loss in float64")
@@ -68,6 +70,9 @@ class SwAV(Pretrain):
             all_codes.append(codes)
         out = dict(embeddings=z.detach(), scores=all_scores, codes=all_codes)
         return torch.stack(losses).mean().float(), dict(queue_used=float(use_queue)), out
+
+    def make_optimizer(self):
+        return optim.build_optimizer(self, self.args, {p: self.args.prototypes_lr_scale for p in self.prototypes.parameters()})
 
     def after_backward(self, step):
         if step < self.args.freeze_prototypes_niters:

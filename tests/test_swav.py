@@ -50,3 +50,16 @@ def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
     dump = torch.load(folder / "nonfinite_step4_rank0.pt", weights_only=True)
     assert set(dump) == {"scores", "embeddings", "codes"} and dump["embeddings"].shape == (2 * 64, 128)
     assert (folder / "checkpoint.pth.tar").read_bytes() == before
+
+
+def test_prototypes_learn_at_their_own_rate(tmp_path):
+    """--prototypes_lr_scale: the prototypes' group steps at that factor of the schedule's lr, the rest at 1x."""
+    import train
+    folder, _ = train.main(SWAV + ["--iters", "2", "--freeze_prototypes_niters", "0", "--prototypes_lr_scale", "0.1",
+                                   "--root", str(tmp_path)])
+    ckpt = torch.load(f"{folder}/checkpoint.pth.tar", weights_only=True)
+    groups = ckpt["optimizer"]["param_groups"]
+    assert sorted(g["lr_scale"] for g in groups) == [0.1, 1.0, 1.0]
+    (scaled,) = [g for g in groups if g["lr_scale"] == 0.1]
+    (base,) = [g for g in groups if g["lr_scale"] == 1.0 and g["weight_decay"] > 0]
+    assert len(scaled["params"]) == 1 and scaled["lr"] == 0.1 * base["lr"] > 0

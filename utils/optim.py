@@ -76,17 +76,25 @@ class LBFGS(torch.optim.LBFGS):
         return super().step(regularised)
 
 
-def param_groups(model, weight_decay, exclude_bias_and_norm):
-    """Two groups: weights, and (when excluded) biases and norm parameters, found by ndim, not by name."""
+def param_groups(model, weight_decay, exclude_bias_and_norm, lr_scales=None):
+    """Weights, and (when excluded) biases and norm parameters, found by ndim, not by name; each split again by
+    `lr_scales` ({parameter: factor of the schedule's lr}, 1 for the rest), kept in the group as `lr_scale`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not exclude_bias_and_norm:
-        return [dict(params=params, weight_decay=weight_decay)]
-    return [dict(params=[p for p in params if p.ndim > 1], weight_decay=weight_decay),
-            dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lars_exclude=True)]
+        groups = [dict(params=params, weight_decay=weight_decay)]
+    else:
+        groups = [dict(params=[p for p in params if p.ndim > 1], weight_decay=weight_decay),
+                  dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lars_exclude=True)]
+    scales = lr_scales or {}
+    split = []
+    for g in groups:
+        for factor in sorted({scales.get(p, 1.0) for p in g["params"]}, key=lambda f: f != 1.0):
+            split.append(dict(g, params=[p for p in g["params"] if scales.get(p, 1.0) == factor], lr_scale=factor))
+    return split
 
 
-def build_optimizer(model, args):
-    groups = param_groups(model, args.weight_decay, args.exclude_bias_and_norm)
+def build_optimizer(model, args, lr_scales=None):
+    groups = param_groups(model, args.weight_decay, args.exclude_bias_and_norm, lr_scales)
     if args.opt == "lbfgs":  # offered by --problem eval only: a full-batch fit on features held in memory
         return LBFGS([p for g in groups for p in g["params"]], [p for g in groups if g["weight_decay"] for p in g["params"]],
                      args.weight_decay)
