@@ -22,6 +22,9 @@ class NPID(Pretrain):
                        help="memory update M[y] <- normalize(m M[y] + (1 - m) v) (VISSL's memory_params.momentum)")
         g.add_argument("--loss_type", default="nce", choices=["nce", "cross_entropy"],
                        help="nce: NCE with a normalisation constant Z fixed on the first batch; cross_entropy: InfoNCE")
+        g.add_argument("--nce_z_momentum", type=config.Range(float, ge=0, le=1), default=1.0,
+                       help="NCE's Z after the first batch: Z <- m Z + (1 - m) N mean(exp(scores)) every step; "
+                            "1: fixed at the first batch's estimate, as the released NPID code")
         g.add_argument("--nce_eps", type=config.NONNEGATIVE, default=1e-7, help="eps in the NCE denominators")
         p.set_defaults(head_hidden_dims=[], num_crops=[1], min_scale_crops=[0.2], color_jitter=[0.4, 0.4, 0.4, 0.4])
 
@@ -33,17 +36,19 @@ class NPID(Pretrain):
         # the same bank on every rank: one generator seeded alike everywhere
         self.memory_bank = init_memory_bank(len(data.train), args.embedding_dim,
                                             torch.Generator(device).manual_seed(args.seed))
-        self.z_const = -1.0  # NCE's Z, estimated on the first batch ever
+        self.z_const = torch.tensor(-1.0, device=device)  # NCE's Z; negative until the first batch estimates it
+        self.z_known = False
 
     def get_extra_state(self):  # in state_dict, so in the checkpoint; not a buffer, so DDP never broadcasts it
-        return dict(memory_bank=self.memory_bank, z_const=self.z_const)
+        return dict(memory_bank=self.memory_bank, z_const=float(self.z_const))
 
     def set_extra_state(self, state):
         if state["memory_bank"].shape != self.memory_bank.shape:
             raise UserError(f"the checkpoint's memory bank has {len(state['memory_bank'])} rows, "
                             f"the training set {len(self.memory_bank)} images")
         self.memory_bank.copy_(state["memory_bank"])
-        self.z_const = state["z_const"]
+        self.z_const = torch.tensor(float(state["z_const"]), device=self.device)
+        self.z_known = bool(self.z_const > 0)
 
     def forward(self, batch, step):
         x, _, idx = batch
@@ -52,8 +57,11 @@ class NPID(Pretrain):
         rows = torch.cat([idx[:, None], sample_negatives(len(idx), self.args.num_negatives, size, self.negatives)], 1)
         scores = memory_scores(self.memory_bank, v, rows) / self.args.temperature
         if self.args.loss_type == "nce":
-            if self.z_const < 0:
-                self.z_const = dist.all_reduce_mean(scores.detach().exp().mean() * size).item()
+            momentum = self.args.nce_z_momentum
+            if not self.z_known or momentum < 1:  # Z ~ N E[exp(m . v / T)], estimated on this batch
+                estimate = dist.all_reduce_mean(scores.detach().exp().mean() * size)
+                self.z_const = estimate if not self.z_known else momentum * self.z_const + (1 - momentum) * estimate
+                self.z_known = True
             loss = nce_loss(scores, self.z_const, size, self.args.nce_eps)
         else:
             loss = F.cross_entropy(scores, torch.zeros_like(idx))

@@ -30,12 +30,34 @@ def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
     return a, b
 
 
-def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_path):
-    a, b = interrupted_equals_uninterrupted(tmp_path, NPID + SMALL + ["--loss_type", "nce"], stop=6, total=10)
+@pytest.mark.parametrize("z_momentum", ["1", "0.9"])
+def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_path, z_momentum):
+    a, b = interrupted_equals_uninterrupted(tmp_path, NPID + SMALL + ["--loss_type", "nce", "--nce_z_momentum", z_momentum],
+                                            stop=6, total=10)
     bank_a, bank_b = a["model"]["_extra_state"], b["model"]["_extra_state"]
     assert torch.equal(bank_a["memory_bank"], bank_b["memory_bank"])
     assert bank_a["z_const"] == bank_b["z_const"] > 0
     torch.testing.assert_close(bank_a["memory_bank"].norm(dim=1), torch.ones(256))
+
+
+@pytest.mark.parametrize("momentum", [1.0, 0.5])
+def test_nce_z_is_the_first_batch_estimate_then_its_moving_average(fmnist, momentum):
+    """Z = N mean(exp(scores)) on the first batch; with --nce_z_momentum m < 1 every later batch moves it by (1 - m)."""
+    from utils.config import parse_args
+    args = parse_args(NPID + SMALL + ["--loss_type", "nce", "--nce_z_momentum", str(momentum)], train.PROBLEMS)
+    torch.manual_seed(0)
+    model = train.PROBLEMS["npid"].build(args, torch.device("cpu")).train()
+    images, labels = model.data.train.images, model.data.train.labels
+    estimates = []
+    for step, idx in enumerate([torch.arange(64), torch.arange(64, 128), torch.arange(128, 192)]):
+        _, logs, out = model(([images[idx], labels[idx], idx]), step)
+        estimates.append(256 * out["scores"].exp().mean().item())
+        model.after_step(step, out)  # the bank moves, so every batch's estimate differs
+        expected = estimates[0]
+        for e in estimates[1:]:
+            expected = momentum * expected + (1 - momentum) * e
+        assert float(logs["z_const"]) == pytest.approx(expected, rel=1e-5)
+    assert len(set(round(e, 3) for e in estimates)) == 3
 
 
 def test_dcv2_resumed_mid_epoch_equals_uninterrupted_with_its_banks_and_clusters(tmp_path):
