@@ -167,7 +167,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--root", default=os.path.join(ROOT, "logs"), help="exman root of the runs; results/ holds the saved results")
-    p.add_argument("--eval_every", type=int, default=300, help="steps between kNN evaluations while pretraining")
+    p.add_argument("--eval_every", type=int, default=400, help="steps between kNN evaluations while pretraining")
     p.add_argument("--pretrain_flags", type=shlex.split, default=[], help='extra train.py flags for every pretraining, '
                    'e.g. "--iters 100"')
     p.add_argument("--probe_flags", type=shlex.split, default=[], help="extra train.py flags for every probe")
