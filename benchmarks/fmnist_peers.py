@@ -151,7 +151,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", choices=["simclr", "swav"], required=True)
     p.add_argument("--peers_python", required=True, help="python of a venv with lightly and torch")
-    p.add_argument("--root", default=os.path.join(ROOT, "logs"), help="where peers/<method>_lightly/ goes")
+    p.add_argument("--root", default=os.path.join(ROOT, "logs"), help="exman root of the probe; the peer's backbone "
+                   "goes to <root>/peers/<method>_lightly/")
     p.add_argument("--bf16", choices=["true", "false"], default="true", help="bf16 autocast for the peer's model")
     p.add_argument("--workers", type=int, default=2, help="the peer's DataLoader workers")
     args, flags = p.parse_known_args(argv)
@@ -165,10 +166,6 @@ def main(argv=None):
     peer = json.load(open(os.path.join(out, "peer.json")))
     row = dict(method=args.method, peer="lightly", steps=r["iters"], minutes=peer["seconds"] / 60,
                linear=m["test_acc1"], knn=m["knn_acc1"], probe=folder)
-    ours = os.path.join(args.root, "results", f"{args.method}.json")
-    if os.path.exists(ours):
-        mine = json.load(open(ours))
-        row.update(repo_linear=mine["linear"], repo_knn=mine["knn"])
     print(json.dumps(row))
     return row
 
