@@ -44,13 +44,19 @@ def fingerprint(method, pretrain_flags, probe_flags):
     return hashlib.sha256(json.dumps([text, pretrain_flags, probe_flags]).encode()).hexdigest()[:16]
 
 
-def pretraining_time(folder, batch_size):
-    """(seconds, img/s) of the optimiser steps alone, summed over logs.csv's rows (the kNN monitor excluded)."""
-    rows = pd.read_csv(os.path.join(folder, "logs.csv"))
-    rows = rows[rows["img_per_s"].notna()] if "img_per_s" in rows else rows.iloc[:0]
-    steps = rows["iter"].diff().fillna(rows["iter"])
-    seconds = float((steps * batch_size / rows["img_per_s"]).sum())
-    return seconds, (float(steps.sum()) * batch_size / seconds if seconds else float("nan"))
+def step_minutes(rows, batch_size):
+    """(cumulative minutes of optimiser steps, steps) at each logs.csv row; rows without a rate add nothing."""
+    rate = rows["img_per_s"] if "img_per_s" in rows else pd.Series(float("nan"), index=rows.index)
+    steps = rows["iter"].diff().fillna(rows["iter"]).where(rate.notna(), 0)
+    return (steps * batch_size / rate).fillna(0).cumsum() / 60, steps
+
+
+def pretraining_time(folder):
+    """(minutes, img/s) of the optimiser steps alone (the kNN monitor excluded), from the run's logs.csv."""
+    batch = train_batch_size(folder)
+    minutes, steps = step_minutes(pd.read_csv(os.path.join(folder, "logs.csv")), batch)
+    total = float(minutes.iloc[-1]) if len(minutes) else 0.0
+    return total, (float(steps.sum()) * batch / (total * 60) if total else float("nan"))
 
 
 def pretrain(method, root, flags, eval_every, bf16):
@@ -75,8 +81,8 @@ def run_method(method, args, bf16):
         saved = dict(fingerprint=key)
     if method != "pixels" and "pretraining" not in saved:
         folder = pretrain(method, args.root, args.pretrain_flags, args.eval_every, bf16)
-        seconds, rate = (0.0, float("nan")) if method == "random" else pretraining_time(folder, train_batch_size(folder))
-        saved.update(pretraining=folder, minutes=seconds / 60, img_per_s=rate, amp=bf16)
+        minutes, rate = (0.0, float("nan")) if method == "random" else pretraining_time(folder)
+        saved.update(pretraining=folder, minutes=minutes, img_per_s=rate, amp=bf16)
         save_json(path, saved)  # a stop during the probe keeps the pretraining
     encoder = saved.get("pretraining", "pixels")
     folder, metrics = train.main(["--config", PROBE, "--root", args.root, "--name", f"results_{method}_probe",
@@ -133,10 +139,7 @@ def replace_table(path, text):
 def curves(folder):
     """(minutes, kNN) and (minutes, loss) of a pretraining run, the time counting optimiser steps only."""
     rows = pd.read_csv(os.path.join(folder, "logs.csv"))
-    batch = train_batch_size(folder)
-    rate = rows["img_per_s"] if "img_per_s" in rows else pd.Series(float("nan"), index=rows.index)
-    steps = rows["iter"].diff().fillna(rows["iter"]).where(rate.notna(), 0)
-    minutes = (steps * batch / rate).fillna(0).cumsum() / 60
+    minutes, _ = step_minutes(rows, train_batch_size(folder))
     knn = rows["knn_acc1"] if "knn_acc1" in rows else pd.Series(float("nan"), index=rows.index)
     loss = rows["train_loss"] if "train_loss" in rows else pd.Series(float("nan"), index=rows.index)
     return (minutes[knn.notna()], knn[knn.notna()]), (minutes[loss.notna()], loss[loss.notna()])
