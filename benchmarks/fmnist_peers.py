@@ -163,7 +163,8 @@ def main(argv=None):
     subprocess.run([args.peers_python, "-c", PEER, json.dumps(r)], check=True, cwd=ROOT)
     folder, m = train.main(["--config", "configs/fmnist_eval.yaml", "--root", args.root, "--name",
                             f"{args.method}_lightly_probe", "--encoder_ckpt", os.path.join(out, "backbone.pth")])
-    peer = json.load(open(os.path.join(out, "peer.json")))
+    with open(os.path.join(out, "peer.json")) as f:
+        peer = json.load(f)
     row = dict(method=args.method, peer="lightly", steps=r["iters"], minutes=peer["seconds"] / 60,
                linear=m["test_acc1"], knn=m["knn_acc1"], probe=folder)
     print(json.dumps(row))

@@ -21,8 +21,15 @@ def tool(tmp_path, methods, pretrain=PRETRAIN):
     return results.main(argv), doc
 
 
-def test_every_method_gets_a_row_a_curve_and_a_saved_result(tmp_path, fmnist):
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory, fmnist):
+    tmp_path = tmp_path_factory.mktemp("results")
     rows, doc = tool(tmp_path, ["simclr", "swav", "npid", "dcv2", "random", "pixels"])
+    return tmp_path, rows, doc
+
+
+def test_every_method_gets_a_row_a_curve_and_a_saved_result(everything):
+    tmp_path, rows, doc = everything
     assert [r["method"] for r in rows] == ["simclr", "swav", "npid", "dcv2", "random", "pixels"]
     text = doc.read_text()
     assert text.startswith("# before\n") and text.endswith("# after\n") and "old table" not in text
@@ -42,15 +49,20 @@ def test_every_method_gets_a_row_a_curve_and_a_saved_result(tmp_path, fmnist):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
 
 
-def test_a_rerun_skips_finished_methods_and_redoes_changed_ones(tmp_path, fmnist, capsys):
-    first, _ = tool(tmp_path, ["simclr"])
-    again, _ = tool(tmp_path, ["simclr"])
-    assert again == first and "simclr: done before" in capsys.readouterr().out
-    changed, _ = tool(tmp_path, ["simclr"], PRETRAIN + ["--iters", "2"])
-    assert changed[0]["pretraining"] != first[0]["pretraining"]
+def test_a_rerun_trains_nothing_again_and_writes_the_same_table(everything, monkeypatch, capsys):
+    tmp_path, rows, doc = everything
+    before = doc.read_text()
+
+    def no_training(argv):
+        raise AssertionError(f"trained again: {argv}")
+
+    monkeypatch.setattr(results.train, "main", no_training)
+    again, _ = tool(tmp_path, ["simclr", "swav", "npid", "dcv2", "random", "pixels"])
+    assert again == rows and doc.read_text() == before
+    assert capsys.readouterr().out.count("done before") == 6
 
 
-def test_an_interrupted_probe_keeps_the_pretraining(tmp_path, fmnist, monkeypatch):
+def test_an_interrupted_probe_keeps_the_pretraining_and_changed_flags_redo_it(tmp_path, fmnist, monkeypatch):
     real = results.train.main
 
     def stop_at_probe(argv):
@@ -60,10 +72,13 @@ def test_an_interrupted_probe_keeps_the_pretraining(tmp_path, fmnist, monkeypatc
 
     monkeypatch.setattr(results.train, "main", stop_at_probe)
     with pytest.raises(KeyboardInterrupt):
-        tool(tmp_path, ["simclr"])
-    saved = json.loads((tmp_path / "logs" / "results" / "simclr.json").read_text())
+        tool(tmp_path, ["random"])
+    saved = json.loads((tmp_path / "logs" / "results" / "random.json").read_text())
     assert "linear" not in saved
     monkeypatch.setattr(results.train, "main", real)
-    rows, _ = tool(tmp_path, ["simclr"])
+    rows, _ = tool(tmp_path, ["random"])
     assert rows[0]["pretraining"] == saved["pretraining"]
-    assert len([f for f in (tmp_path / "logs" / "runs").iterdir() if f.name.endswith("results_simclr")]) == 1
+    changed, _ = tool(tmp_path, ["random"], PRETRAIN + ["--width", "0.25"])
+    assert changed[0]["pretraining"] != saved["pretraining"]
+    runs = [f for f in (tmp_path / "logs" / "runs").iterdir() if f.name.endswith("results_random")]
+    assert len(runs) == 2

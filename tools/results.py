@@ -38,9 +38,14 @@ def config_of(method):
     return None if method == "pixels" else f"configs/fmnist_{'simclr' if method == 'random' else method}.yaml"
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def fingerprint(method, pretrain_flags, probe_flags):
     """What a saved result was made from: a changed config or flag makes it stale."""
-    text = "".join(open(os.path.join(ROOT, path)).read() for path in (config_of(method), PROBE) if path)
+    text = "".join(read(os.path.join(ROOT, path)) for path in (config_of(method), PROBE) if path)
     return hashlib.sha256(json.dumps([text, pretrain_flags, probe_flags]).encode()).hexdigest()[:16]
 
 
@@ -56,7 +61,7 @@ def pretraining_time(folder):
     batch = train_batch_size(folder)
     minutes, steps = step_minutes(pd.read_csv(os.path.join(folder, "logs.csv")), batch)
     total = float(minutes.iloc[-1]) if len(minutes) else 0.0
-    return total, (float(steps.sum()) * batch / (total * 60) if total else float("nan"))
+    return total, (float(steps.sum()) * batch / (total * 60) if total else None)
 
 
 def pretrain(method, root, flags, eval_every, bf16):
@@ -73,7 +78,7 @@ def run_method(method, args, bf16):
     """Pretrain and probe `method`, or read its saved result; the result as a dict."""
     path = os.path.join(args.root, "results", f"{method}.json")
     key = fingerprint(method, args.pretrain_flags, args.probe_flags)
-    saved = json.load(open(path)) if os.path.exists(path) else {}
+    saved = json.loads(read(path)) if os.path.exists(path) else {}
     if saved.get("fingerprint") == key and "linear" in saved:
         print(f"{method}: done before, {path}")
         return saved
@@ -81,7 +86,7 @@ def run_method(method, args, bf16):
         saved = dict(fingerprint=key)
     if method != "pixels" and "pretraining" not in saved:
         folder = pretrain(method, args.root, args.pretrain_flags, args.eval_every, bf16)
-        minutes, rate = (0.0, float("nan")) if method == "random" else pretraining_time(folder)
+        minutes, rate = (0.0, None) if method == "random" else pretraining_time(folder)
         saved.update(pretraining=folder, minutes=minutes, img_per_s=rate, amp=bf16)
         save_json(path, saved)  # a stop during the probe keeps the pretraining
     encoder = saved.get("pretraining", "pixels")
@@ -126,7 +131,7 @@ def replace_table(path, text):
     """Put `text` between the markers of the file at `path`; False when the file has no markers."""
     if not os.path.exists(path):
         return False
-    body = open(path).read()
+    body = read(path)
     if BEGIN not in body or END not in body:
         return False
     head, rest = body.split(BEGIN, 1)
