@@ -165,7 +165,8 @@ def plot(results, path):
     ax_loss.set(xlabel="pretraining minutes", ylabel="training loss", yscale="log", title="loss (each method its own)")
     for ax in (ax_knn, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
