@@ -1,6 +1,7 @@
 """NPID / NPID++: backbone -> Linear -> normalize; each image against its memory-bank row and K random rows."""
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from models.base import Pretrain
 from models.knn import bank_knn
@@ -25,6 +26,9 @@ class NPID(Pretrain):
         g.add_argument("--nce_z_momentum", type=config.Range(float, ge=0, le=1), default=1.0,
                        help="NCE's Z after the first batch: Z <- m Z + (1 - m) N mean(exp(scores)) every step; "
                             "1: fixed at the first batch's estimate, as the released NPID code")
+        g.add_argument("--memory_init", default="random", choices=["random", "network"],
+                       help="the bank before training: random unit rows (NPID's own), or one pass of the initial "
+                            "network over the augmented training images")
         g.add_argument("--nce_eps", type=config.NONNEGATIVE, default=1e-7, help="eps in the NCE denominators")
         p.set_defaults(head_hidden_dims=[], num_crops=[1], min_scale_crops=[0.2], color_jitter=[0.4, 0.4, 0.4, 0.4])
 
@@ -38,9 +42,10 @@ class NPID(Pretrain):
                                             torch.Generator(device).manual_seed(args.seed))
         self.z_const = torch.tensor(-1.0, device=device)  # NCE's Z; negative until the first batch estimates it
         self.z_known = False
+        self.memory_filled = args.memory_init == "random"
 
     def get_extra_state(self):  # in state_dict, so in the checkpoint; not a buffer, so DDP never broadcasts it
-        return dict(memory_bank=self.memory_bank, z_const=float(self.z_const))
+        return dict(memory_bank=self.memory_bank, z_const=float(self.z_const), memory_filled=self.memory_filled)
 
     def set_extra_state(self, state):
         if state["memory_bank"].shape != self.memory_bank.shape:
@@ -49,6 +54,21 @@ class NPID(Pretrain):
         self.memory_bank.copy_(state["memory_bank"])
         self.z_const = torch.tensor(float(state["z_const"]), device=self.device)
         self.z_known = bool(self.z_const > 0)
+        self.memory_filled = state.get("memory_filled", True)
+
+    @torch.no_grad()
+    def on_epoch_start(self, epoch, batches):
+        """With --memory_init network: before the first step, every bank row is the initial network's embedding.
+
+        The pass runs in training mode, batch statistics, as the steps that later rewrite the rows: at
+        initialisation the running statistics make nearly parallel embeddings (mean cosine 0.99 against 0.85).
+        """
+        if self.memory_filled:
+            return
+        for x, _, idx in tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
+                              disable=not dist.is_main(), leave=False):
+            momentum_update(self.memory_bank, dist.gather(idx), dist.gather(self.embed(self.augment(x))), 0.0)
+        self.memory_filled = True
 
     def forward(self, batch, step):
         x, _, idx = batch

@@ -30,14 +30,37 @@ def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
     return a, b
 
 
-@pytest.mark.parametrize("z_momentum", ["1", "0.9"])
-def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_path, z_momentum):
-    a, b = interrupted_equals_uninterrupted(tmp_path, NPID + SMALL + ["--loss_type", "nce", "--nce_z_momentum", z_momentum],
-                                            stop=6, total=10)
+@pytest.mark.parametrize("flags", [["--nce_z_momentum", "1"], ["--nce_z_momentum", "0.9", "--memory_init", "network"]])
+def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_path, flags):
+    a, b = interrupted_equals_uninterrupted(tmp_path, NPID + SMALL + ["--loss_type", "nce"] + flags, stop=6, total=10)
     bank_a, bank_b = a["model"]["_extra_state"], b["model"]["_extra_state"]
     assert torch.equal(bank_a["memory_bank"], bank_b["memory_bank"])
     assert bank_a["z_const"] == bank_b["z_const"] > 0
     torch.testing.assert_close(bank_a["memory_bank"].norm(dim=1), torch.ones(256))
+
+
+@pytest.mark.parametrize("init", ["random", "network"])
+def test_memory_init_network_puts_the_initial_networks_embeddings_in_the_bank(fmnist, init):
+    """The pass before the first step writes each image's training-mode embedding, with the crops the run draws."""
+    from utils.config import parse_args
+    args = parse_args(NPID + SMALL + ["--memory_init", init], train.PROBLEMS)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(train.PROBLEMS["npid"].build(args, torch.device("cpu")).train())
+    filled, twin = models
+    random_bank = filled.memory_bank.clone()
+    filled.on_epoch_start(0, filled.train_batches())
+    if init == "random":
+        assert torch.equal(filled.memory_bank, random_bank)
+        return
+    with torch.no_grad():  # the twin draws the same batches and crops and embeds them itself
+        for x, _, idx in twin.train_batches().epoch(0):
+            torch.testing.assert_close(filled.memory_bank[idx], twin.embed(twin.augment(x)))
+    assert (filled.memory_bank * random_bank).sum(1).abs().mean() < 0.2  # nothing of the random rows is left
+    bank = filled.memory_bank.clone()
+    filled.on_epoch_start(1, filled.train_batches())  # once per run, not per epoch
+    assert torch.equal(filled.memory_bank, bank)
 
 
 @pytest.mark.parametrize("momentum", [1.0, 0.5])
