@@ -83,6 +83,25 @@ def test_nce_z_is_the_first_batch_estimate_then_its_moving_average(fmnist, momen
     assert len(set(round(e, 3) for e in estimates)) == 3
 
 
+def test_dcv2_first_bank_holds_training_mode_embeddings(fmnist):
+    """The pass before the first clustering embeds as the training steps do: batch statistics, the run's crops."""
+    from utils.config import parse_args
+    args = parse_args(DCV2 + SMALL, train.PROBLEMS)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(train.PROBLEMS["dcv2"].build(args, torch.device("cpu")).train())
+    filled, twin = models
+    filled.fill_bank(filled.train_batches(), 0)
+    with torch.no_grad():
+        for slot, (x, _, idx) in enumerate(twin.train_batches().epoch(0)):
+            crops = twin.augment(x)
+            rows = slice(slot * 64, slot * 64 + 64)
+            assert torch.equal(filled.bank_index[rows], idx)
+            for b, c in enumerate(args.crops_for_mb):
+                torch.testing.assert_close(filled.bank[b, rows], twin.embed([crops[c]]))
+
+
 def test_dcv2_resumed_mid_epoch_equals_uninterrupted_with_its_banks_and_clusters(tmp_path):
     a, b = interrupted_equals_uninterrupted(tmp_path, DCV2 + SMALL, stop=6, total=10)
     assign_a, assign_b = a["model"]["_extra_state"]["assignments"], b["model"]["_extra_state"]["assignments"]
