@@ -2,7 +2,6 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from data.loader import steps_per_epoch
 from models.base import Pretrain
@@ -65,15 +64,8 @@ class DeepClusterV2(Pretrain):
 
     @torch.no_grad()
     def fill_bank(self, batches, epoch):
-        """One pass over this rank's images puts an embedding of each in the bank.
-
-        Training mode, batch statistics, as the steps that later overwrite the slots: with a new network's
-        running statistics the embeddings are nearly parallel (mean cosine 0.99) and the first k-means finds
-        little to separate.
-        """
-        for slot, (x, _, idx) in enumerate(tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
-                                                disable=not dist.is_main(), leave=False)):
-            crops = self.augment(x)
+        """One pass over this rank's images (training mode, see bank_pass) puts an embedding of each in the bank."""
+        for slot, (crops, idx) in enumerate(self.bank_pass(batches, epoch)):
             self.write_bank(slot, [self.embed([crops[c]]) for c in self.args.crops_for_mb], idx)
 
     def write_bank(self, slot, embeddings, idx):

@@ -1,7 +1,6 @@
 """NPID / NPID++: backbone -> Linear -> normalize; each image against its memory-bank row and K random rows."""
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models.base import Pretrain
 from models.knn import bank_knn
@@ -58,16 +57,11 @@ class NPID(Pretrain):
 
     @torch.no_grad()
     def on_epoch_start(self, epoch, batches):
-        """With --memory_init network: before the first step, every bank row is the initial network's embedding.
-
-        The pass runs in training mode, batch statistics, as the steps that later rewrite the rows: at
-        initialisation the running statistics make nearly parallel embeddings (mean cosine 0.99 against 0.85).
-        """
+        """With --memory_init network: before the first step, every bank row is the initial network's embedding."""
         if self.memory_filled:
             return
-        for x, _, idx in tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
-                              disable=not dist.is_main(), leave=False):
-            momentum_update(self.memory_bank, dist.gather(idx), dist.gather(self.embed(self.augment(x))), 0.0)
+        for crops, idx in self.bank_pass(batches, epoch):
+            momentum_update(self.memory_bank, dist.gather(idx), dist.gather(self.embed(crops)), 0.0)
         self.memory_filled = True
 
     def forward(self, batch, step):

@@ -14,6 +14,17 @@ DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "30", "--kmeans_iters", "3"
 SMALL = ["--subset", "256"]  # batch 64: 4 steps an epoch; the resumes below start mid-epoch and then cross into the next
 
 
+def twins(flags):
+    """Two identical untrained models (same seed, same data) of the problem `flags` names, in training mode."""
+    from utils.config import parse_args
+    args = parse_args(flags, train.PROBLEMS)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(train.PROBLEMS[args.problem].build(args, torch.device("cpu")).train())
+    return models
+
+
 def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
     """Run `total` steps at once, and `stop` steps then a resume to `total`; return both final checkpoints."""
     args = args + ["--eval_freq", "-1"]  # no kNN at the end: only the weights matter here
@@ -42,13 +53,7 @@ def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_pat
 @pytest.mark.parametrize("init", ["random", "network"])
 def test_memory_init_network_puts_the_initial_networks_embeddings_in_the_bank(fmnist, init):
     """The pass before the first step writes each image's training-mode embedding, with the crops the run draws."""
-    from utils.config import parse_args
-    args = parse_args(NPID + SMALL + ["--memory_init", init], train.PROBLEMS)
-    models = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        models.append(train.PROBLEMS["npid"].build(args, torch.device("cpu")).train())
-    filled, twin = models
+    filled, twin = twins(NPID + SMALL + ["--memory_init", init])
     random_bank = filled.memory_bank.clone()
     filled.on_epoch_start(0, filled.train_batches())
     if init == "random":
@@ -85,20 +90,14 @@ def test_nce_z_is_the_first_batch_estimate_then_its_moving_average(fmnist, momen
 
 def test_dcv2_first_bank_holds_training_mode_embeddings(fmnist):
     """The pass before the first clustering embeds as the training steps do: batch statistics, the run's crops."""
-    from utils.config import parse_args
-    args = parse_args(DCV2 + SMALL, train.PROBLEMS)
-    models = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        models.append(train.PROBLEMS["dcv2"].build(args, torch.device("cpu")).train())
-    filled, twin = models
+    filled, twin = twins(DCV2 + SMALL)
     filled.fill_bank(filled.train_batches(), 0)
     with torch.no_grad():
         for slot, (x, _, idx) in enumerate(twin.train_batches().epoch(0)):
             crops = twin.augment(x)
             rows = slice(slot * 64, slot * 64 + 64)
             assert torch.equal(filled.bank_index[rows], idx)
-            for b, c in enumerate(args.crops_for_mb):
+            for b, c in enumerate(twin.args.crops_for_mb):
                 torch.testing.assert_close(filled.bank[b, rows], twin.embed([crops[c]]))
 
 
