@@ -52,20 +52,31 @@ def sample_boxes(n, height, width, scale, ratio, gen, tries=10):
     return torch.stack([x0, y0, w, h], dim=1)
 
 
-def crop_resize(x, boxes, size, flip):
-    """Crop each image to its box and resize to size x size (bilinear), mirrored where `flip`.
+def resize_weights(start, length, size, extent):
+    """(n, size, extent) rows that resample [start, start + length) of an axis of `extent` pixels to `size`.
 
-    One grid_sample for the batch; samples that fall just outside the box read the image's own
-    neighbouring pixels (torchvision repeats the box's edge pixels instead).
+    The triangle filter of an antialiased bilinear resize (PIL's, and torchvision's `antialias=True`):
+    output pixel i is centred at start + (i + 1/2) * length / size in the input and weighs the pixels of the
+    box within max(1, length / size) of it, closer ones more; the weights are normalised over the box.
     """
+    scale = (length / size)[:, None, None]
+    centre = start[:, None, None] + scale * (torch.arange(size, dtype=start.dtype, device=start.device)[:, None] + 0.5)
+    pixel = torch.arange(extent, dtype=start.dtype, device=start.device) + 0.5  # input pixel centres
+    w = (1 - (pixel - centre).abs() / scale.clamp(min=1)).clamp(min=0)
+    inside = (pixel > start[:, None, None]) & (pixel < (start + length)[:, None, None])
+    w = w * inside
+    return w / w.sum(-1, keepdim=True)
+
+
+def crop_resize(x, boxes, size, flip):
+    """Crop each image to its box and resize to size x size, mirrored where `flip`: torchvision's
+    `resized_crop(..., antialias=True)` then `hflip`, for the whole batch as two batched matmuls."""
     n, _, height, width = x.shape
     x0, y0, w, h = boxes.to(x.dtype).unbind(1)
-    sx = w / width * torch.where(flip, -1.0, 1.0).to(x.dtype)
-    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
-    theta[:, 0, 0], theta[:, 0, 2] = sx, 2 * (x0 + w / 2) / width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = h / height, 2 * (y0 + h / 2) / height - 1
-    grid = F.affine_grid(theta, (n, x.shape[1], size, size), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    rows = resize_weights(y0, h, size, height)  # (n, size, H)
+    cols = resize_weights(x0, w, size, width)  # (n, size, W)
+    cols = torch.where(flip.view(-1, 1, 1), cols.flip(1), cols)
+    return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
 
 
 def grayscale(x):

@@ -48,17 +48,19 @@ def test_crop_boxes_follow_scale_and_ratio():
     assert (fallback == torch.tensor([0.0, 0.0, 10.0, 10.0])).all()
 
 
-def test_crop_resize_matches_torchvision_resized_crop_and_flip():
-    x = images(3, side=16)
-    boxes = torch.tensor([[2.0, 3.0, 8.0, 6.0], [0.0, 0.0, 16.0, 16.0], [5.0, 1.0, 10.0, 12.0]])
-    flip = torch.tensor([False, True, False])
-    out = A.crop_resize(x, boxes, 24, flip)
+@pytest.mark.parametrize("size", [24, 10])  # up- and downsampling
+def test_crop_resize_matches_torchvision_antialiased_resized_crop_and_flip(size):
+    x = images(4, side=16)
+    boxes = torch.tensor([[2.0, 3.0, 8.0, 6.0], [0.0, 0.0, 16.0, 16.0], [5.0, 1.0, 10.0, 12.0], [9.0, 0.0, 7.0, 16.0]])
+    flip = torch.tensor([False, True, False, True])
+    out = A.crop_resize(x, boxes, size, flip)
     for i, (x0, y0, w, h) in enumerate(boxes.int().tolist()):
-        ref = TF.resized_crop(x[i], y0, x0, h, w, [24, 24], antialias=False)
+        ref = TF.resized_crop(x[i], y0, x0, h, w, [size, size], antialias=True)
         ref = TF.hflip(ref) if flip[i] else ref
-        # at the box's edge we read the image's own neighbouring pixels where torchvision repeats the edge
-        assert torch.allclose(out[i, :, 2:-2, 2:-2], ref[:, 2:-2, 2:-2], atol=1e-5)
-    assert torch.allclose(out[1], TF.hflip(TF.resize(x[1], [24, 24], antialias=False)), atol=1e-5)
+        torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-5)
+    # a 4x downsample averages: not the 2 of 4 pixels that plain bilinear reads
+    alias = TF.resized_crop(x[1], 0, 0, 16, 16, [4, 4], antialias=False)
+    assert (A.crop_resize(x[1:2], boxes[1:2], 4, flip[:1])[0] - alias).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("channels", [1, 3])
