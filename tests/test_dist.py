@@ -41,8 +41,7 @@ def kmeans_data():
     return bank, start
 
 
-def _gather_worker(rank, world, init, x, temperature, out):
-    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+def _gathered_on_this_rank(rank, world, x, temperature):
     net = nn.parallel.DistributedDataParallel(mlp())
     n = x.shape[1] // world
     info_nce_loss(net(crops_of(x, rank * n, (rank + 1) * n)), x.shape[0], temperature).backward()
@@ -52,12 +51,17 @@ def _gather_worker(rank, world, init, x, temperature, out):
     codes = dist.gather(sinkhorn(scores[rank * 9:(rank + 1) * 9], 0.05, 3))  # each rank its 9 rows
     bank, start = kmeans_data()
     centroids, members = spherical_kmeans(bank[rank * 30:(rank + 1) * 30], start, 5)  # each rank its 30 rows
-    members = dist.gather(members)
+    return dict(grads=[p.grad.detach() for p in net.module.parameters()], gathered=gathered.detach(), codes=codes,
+                centroids=centroids, members=dist.gather(members))
+
+
+def _gather_worker(rank, world, init, x, temperature, out):
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    results = _gathered_on_this_rank(rank, world, x, temperature)
     if rank == 0:
-        torch.save(dict(grads=[p.grad for p in net.parameters()], gathered=gathered, codes=codes,
-                        centroids=centroids, members=members), out)
+        torch.save(results, out)
     torch.distributed.barrier()  # neither rank tears gloo down while the other still writes
-    torch.distributed.destroy_process_group()
+    dist.shutdown()
 
 
 @pytest.mark.parametrize("num_crops,temperature", [(2, 0.5), (6, 0.1)])

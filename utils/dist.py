@@ -7,6 +7,7 @@ Two ways to start W processes:
 NCCL on GPUs, gloo on CPU.
 """
 import datetime
+import gc
 import os
 import re
 import signal
@@ -69,7 +70,7 @@ def launch(fn, args):
         try:
             return fn(args)
         finally:
-            dist.destroy_process_group()
+            shutdown()
     if args.dist == "none":
         return fn(args)
     if not 0 <= args.node_rank < args.world_size:
@@ -118,7 +119,15 @@ def _worker(local_rank, fn, args, nprocs):
         sys.exit(LOST_GROUP)
     finally:
         if is_on():
-            dist.destroy_process_group()
+            shutdown()
+
+
+def shutdown():
+    """Destroy the process group after collecting the garbage that still refers to it. Objects in reference
+    cycles (a model, its hooks, pending gloo work) otherwise keep the group alive until the interpreter exits,
+    where gloo aborts the process now and then ("terminate called without an active exception")."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _setup(args, rank, world, local_rank, local_procs, init_method):
