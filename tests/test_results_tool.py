@@ -62,6 +62,25 @@ def test_a_rerun_trains_nothing_again_and_writes_the_same_table(everything, monk
     assert capsys.readouterr().out.count("done before") == 6
 
 
+def test_one_method_redone_keeps_the_other_rows_of_the_table(everything, monkeypatch):
+    tmp_path, rows, doc = everything
+    before = doc.read_text()
+    (tmp_path / "logs" / "results" / "pixels.json").unlink()  # as after a change to what pixels' row measures
+    probes = []
+    probe = results.train.main
+
+    def count(argv):
+        probes.append(argv)
+        return probe(argv)
+
+    monkeypatch.setattr(results.train, "main", count)
+    again, _ = tool(tmp_path, ["pixels"])
+    assert [r["method"] for r in again] == ["pixels"] and len(probes) == 1
+    table = doc.read_text().split(results.BEGIN)[1].split(results.END)[0].strip().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == [results.METHODS[r["method"]] for r in rows]
+    assert doc.read_text() == before  # the same probe of the same pixels gives the same row
+
+
 def test_an_interrupted_probe_keeps_the_pretraining_and_changed_flags_redo_it(tmp_path, fmnist, monkeypatch):
     real = results.train.main
 

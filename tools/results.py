@@ -4,9 +4,9 @@ Each method pretrains its `configs/fmnist_<method>.yaml` (under bf16 autocast on
 demo does) with the kNN monitor every --eval_every steps, then `configs/fmnist_eval.yaml` probes its backbone;
 `random` is the SimCLR config with no steps and `pixels` probes the raw images. Each finished method is saved to
 <root>/results/<method>.json, so a re-run skips it (unless its config or flags changed) and continues an
-interrupted pretraining from its last checkpoint. At the end the table replaces the one between the markers
-of docs/results.md and README.md, and one figure of kNN accuracy and training loss against pretraining time
-goes to docs/results_fmnist.png.
+interrupted pretraining from its last checkpoint. At the end the table (the methods run, and the finished,
+current results of the others) replaces the one between the markers of docs/results.md and README.md, and one
+figure of kNN accuracy and training loss against pretraining time goes to docs/results_fmnist.png.
 """
 import argparse
 import datetime
@@ -74,12 +74,24 @@ def pretrain(method, root, flags, eval_every, bf16):
     return folder
 
 
+def result_path(method, args):
+    return os.path.join(args.root, "results", f"{method}.json")
+
+
+def saved_result(method, args):
+    """(saved dict, whether it is finished and made from the current config and flags); ({}, False) when none."""
+    path = result_path(method, args)
+    saved = json.loads(read(path)) if os.path.exists(path) else {}
+    current = saved.get("fingerprint") == fingerprint(method, args.pretrain_flags, args.probe_flags)
+    return saved, current and "linear" in saved
+
+
 def run_method(method, args, bf16):
     """Pretrain and probe `method`, or read its saved result; the result as a dict."""
-    path = os.path.join(args.root, "results", f"{method}.json")
+    path = result_path(method, args)
     key = fingerprint(method, args.pretrain_flags, args.probe_flags)
-    saved = json.loads(read(path)) if os.path.exists(path) else {}
-    if saved.get("fingerprint") == key and "linear" in saved:
+    saved, done = saved_result(method, args)
+    if done:
         print(f"{method}: done before, {path}")
         return saved
     if saved.get("fingerprint") != key:
@@ -192,12 +204,16 @@ def main(argv=None):
         args.probe_flags = ["--device", args.device] + args.probe_flags
     bf16 = native_bf16() if args.amp == "auto" else args.amp == "true"
     results = [run_method(m, args, bf16) for m in args.methods]  # train.py's errors exit with its one-line message
-    text = table(results)
+    # the table also keeps the other methods' finished, current results: `--methods npid` redoes one row
+    done = {r["method"]: r for r in results}
+    done.update({m: saved_result(m, args)[0] for m in METHODS if m not in done and saved_result(m, args)[1]})
+    rows = [done[m] for m in METHODS if m in done]
+    text = table(rows)
     print("\n" + text)
     for path in args.table:
         if not replace_table(path, text):
             print(f"{path} has no results-table markers; left as it is")
-    plot(results, args.plot)
+    plot(rows, args.plot)
     print(f"figure: {args.plot}")
     return results
 
