@@ -71,7 +71,7 @@ def resize_weights(start, length, size, extent):
 def crop_resize(x, boxes, size, flip):
     """Crop each image to its box and resize to size x size, mirrored where `flip`: torchvision's
     `resized_crop(..., antialias=True)` then `hflip`, for the whole batch as two batched matmuls."""
-    n, _, height, width = x.shape
+    height, width = x.shape[-2:]
     x0, y0, w, h = boxes.to(x.dtype).unbind(1)
     rows = resize_weights(y0, h, size, height)  # (n, size, H)
     cols = resize_weights(x0, w, size, width)  # (n, size, W)
