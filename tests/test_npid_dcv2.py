@@ -117,7 +117,8 @@ def test_dcv2_resumed_mid_epoch_equals_uninterrupted_with_its_banks_and_clusters
 # 256 images, batch 64: 100 steps are 25 epochs, 25 rounds of k-means and 25 updates of every bank row
 LEARN = TINY + ["--subset", "256", "--lr", "4e-3", "--lr_schedule", "const", "--knn_k", "20", "--log_freq", "20"]
 METHODS = {"npid": ["--problem", "npid", "--num_negatives", "256", "--loss_type", "cross_entropy"],
-           "dcv2": ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "5", "--head_hidden_dims", "64"]}
+           "dcv2": ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "5", "--head_hidden_dims", "64",
+                    "--min_scale_crops", "0.5"]}  # gentler crops: with [0.08, 1] 100 steps on 256 images gain only ~2
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,6 @@ def test_loss_falls_and_knn_beats_the_random_init_backbone(tmp_path, random_init
     folder, metrics = train.main(LEARN + METHODS[method] + ["--iters", "100", "--root", str(tmp_path)])
     loss = pd.read_csv(os.path.join(folder, "logs.csv"))["train_loss"].dropna()
     assert loss.iloc[-1] < 0.8 * loss.iloc[0]
-    assert metrics["knn_acc1"] > random_init_knn + 2  # measured: 51.2 at init, 61.7 (NPID) and 54.8 (DCv2) after
+    assert metrics["knn_acc1"] > random_init_knn + 2  # measured: 51.2 at init, 61.6 (NPID) and 60.6 (DCv2) after
     if method == "npid":
         assert metrics["bank_knn_acc1"] > 40  # NPID's own kNN against its bank; chance is 10
