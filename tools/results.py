@@ -79,23 +79,21 @@ def result_path(method, args):
 
 
 def saved_result(method, args):
-    """(saved dict, whether it is finished and made from the current config and flags); ({}, False) when none."""
+    """The saved result of `method` if made from the current config and flags ("linear" in it once finished);
+    otherwise a fresh start holding only the current fingerprint."""
     path = result_path(method, args)
     saved = json.loads(read(path)) if os.path.exists(path) else {}
-    current = saved.get("fingerprint") == fingerprint(method, args.pretrain_flags, args.probe_flags)
-    return saved, current and "linear" in saved
+    key = fingerprint(method, args.pretrain_flags, args.probe_flags)
+    return saved if saved.get("fingerprint") == key else dict(fingerprint=key)
 
 
 def run_method(method, args, bf16):
     """Pretrain and probe `method`, or read its saved result; the result as a dict."""
     path = result_path(method, args)
-    key = fingerprint(method, args.pretrain_flags, args.probe_flags)
-    saved, done = saved_result(method, args)
-    if done:
+    saved = saved_result(method, args)
+    if "linear" in saved:
         print(f"{method}: done before, {path}")
         return saved
-    if saved.get("fingerprint") != key:
-        saved = dict(fingerprint=key)
     if method != "pixels" and "pretraining" not in saved:
         folder = pretrain(method, args.root, args.pretrain_flags, args.eval_every, bf16)
         minutes, rate = (0.0, None) if method == "random" else pretraining_time(folder)
@@ -206,8 +204,8 @@ def main(argv=None):
     results = [run_method(m, args, bf16) for m in args.methods]  # train.py's errors exit with its one-line message
     # the table also keeps the other methods' finished, current results: `--methods npid` redoes one row
     done = {r["method"]: r for r in results}
-    done.update({m: saved_result(m, args)[0] for m in METHODS if m not in done and saved_result(m, args)[1]})
-    rows = [done[m] for m in METHODS if m in done]
+    others = {m: saved_result(m, args) for m in METHODS if m not in done}
+    rows = [done.get(m) or others[m] for m in METHODS if m in done or "linear" in others[m]]
     text = table(rows)
     print("\n" + text)
     for path in args.table:
