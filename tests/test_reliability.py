@@ -144,6 +144,17 @@ def test_environment_mistakes_are_one_line(tmp_path, capsys):
     assert "is not a device" in refused(["--device", "gpu0"], tmp_path, capsys)
 
 
+def test_a_machine_without_git_runs_training(tmp_path):
+    """exman imports GitPython, which fails to import where no git program is on the PATH (GPU images, slim
+    containers); the run must not depend on it."""
+    env = dict(os.environ, PATH=str(tmp_path))  # an empty folder: no git, python by its full path
+    env.pop("GIT_PYTHON_REFRESH", None)
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + QUICK + ["--root", str(tmp_path / "logs")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (only_run(tmp_path / "logs") / "logs.csv").exists()
+
+
 def test_resume_auto_starts_a_run_then_continues_it_after_a_preemption(tmp_path):
     args = QUICK[:-6] + ["--iters", "20", "--log_freq", "1", "--save_freq", "1", "--eval_freq", "-1", "--width", "0.25",
                          "--name", "job", "--resume", "auto", "--root", str(tmp_path)]

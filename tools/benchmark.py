@@ -44,12 +44,16 @@ def machine(device):
 
 
 def commit():
-    """The short commit of the working tree, marked when tracked files have uncommitted changes; '?' outside git."""
+    """The short commit of the working tree, marked when tracked files have uncommitted changes; '?' outside git
+    or where git is not installed."""
     git = ["git", "-C", ROOT]
-    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if head and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip():
-        head += " with uncommitted changes"
+    try:
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        if head and subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True).stdout.strip():
+            head += " with uncommitted changes"
+    except FileNotFoundError:
+        return "?"
     return head or "?"
 
 

@@ -5,7 +5,10 @@ import pathlib
 
 import pandas as pd
 import yaml
-from exman.parser import ExmanDirectory, PARAMS_FILE, TIME_FORMAT
+
+# exman imports GitPython, which refuses to import where no git program is installed; no git feature is used here
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+from exman.parser import ExmanDirectory, PARAMS_FILE, TIME_FORMAT  # noqa: E402  (after the variable)
 
 from utils import checkpoint
 from utils.checkpoint import write_atomic
