@@ -98,8 +98,8 @@ def step(argv, warmup=3):
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
-    idx = torch.arange(args.batch_size) % len(data.train)
-    batch = data.train.images[idx.to(data.train.images.device)], data.train.labels[idx], idx
+    idx = (torch.arange(args.batch_size) % len(data.train)).to(data.train.images.device)  # as the loader yields it
+    batch = data.train.images[idx], data.train.labels[idx], idx
     counter = iter(range(10 ** 9))
     for _ in range(warmup - 1):
         train.train_step(model, optimizer, batch, next(counter), scaler)
