@@ -8,7 +8,8 @@ from conftest import TINY
 from tools import results
 
 PROBE = ["--subset", "512", "--batch_size", "512", "--iters", "3", "--workers", "0", "--knn_k", "20"]
-PRETRAIN = TINY + ["--iters", "4", "--log_freq", "2", "--knn_k", "20"]
+# 1,024 images: configs/fmnist_dcv2.yaml clusters each head's bank into 1,000
+PRETRAIN = TINY + ["--subset", "1024", "--iters", "4", "--log_freq", "2", "--knn_k", "20"]
 
 
 def tool(tmp_path, methods, pretrain=PRETRAIN):
