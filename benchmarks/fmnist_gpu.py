@@ -16,6 +16,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tools.results import BEGIN, END  # noqa: E402  (the table's markers)
+
 METHODS = ["simclr", "swav", "npid", "dcv2"]
 TRAIN_IMAGES, BATCH = 60000, 256
 
@@ -31,10 +34,10 @@ def wait_all(procs):
         sys.exit(f"fmnist_gpu: {', '.join(failed)} failed; see their logs")
 
 
-def calibrate(args, flags):
+def calibrate(args):
     """img/s of each method's training step while the four run at once."""
     procs = {m: launch([sys.executable, "-m", "tools.benchmark", "step", "--config", f"configs/fmnist_{m}.yaml",
-                        "--device", args.device, "--amp", "true", "--steps", str(args.steps), "--no_record"] + flags,
+                        "--device", args.device, "--amp", "true", "--steps", str(args.steps), "--no_record"] + args.flags,
                        os.path.join(args.root, f"calibrate_{m}.log"), args.threads) for m in METHODS}
     wait_all(procs)
     rates = {}
@@ -58,7 +61,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.root, exist_ok=True)
     start = time.time()
-    rates = calibrate(args, args.flags)
+    rates = calibrate(args)
     slowest = max(TRAIN_IMAGES / rate for rate in rates.values())  # seconds per epoch
     epochs = max(1, min(args.epochs, int(args.minutes * 60 / slowest)))
     steps_per_epoch = TRAIN_IMAGES // BATCH
@@ -75,7 +78,7 @@ def main():
     wait_all(procs)
     table = os.path.join(args.root, "table.md")
     with open(table, "w") as f:
-        f.write("<!-- results table: python -m tools.results -->\n<!-- end of results table -->\n")
+        f.write(f"{BEGIN}\n{END}\n")
     subprocess.run([sys.executable, "-m", "tools.results", "--table", table, "--plot",
                     os.path.join(args.root, "results_gpu.png")] + common, cwd=ROOT, check=True)
     print(f"fmnist_gpu: done in {(time.time() - start) / 60:.1f} min", flush=True)
