@@ -12,14 +12,15 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.loader import steps_per_epoch, total_steps
+from data.datasets import FolderData
+from data.loader import UnreadableList, steps_per_epoch, total_steps
 from models.base import rank_seed
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
 from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
-from utils import checkpoint, dist
+from utils import checkpoint, dist, runlog
 from utils.config import parse_args
 from utils.errors import UserError
 from utils.optim import lr_at
@@ -103,6 +104,10 @@ class Run:
         self.loss_sum, self.loss_count, self.images, self.tick = torch.zeros((), device=model.device), 0, 0, time.time()
         self.bar = tqdm(total=self.total, initial=step, desc=args.problem, disable=not dist.is_main() or self.done,
                         leave=False, dynamic_ncols=True)
+        self.batches = None
+        self.unreadable = None  # image folders: the files that failed to decode, replaced by stand-ins
+        if isinstance(model.train_data(), FolderData):
+            self.unreadable = UnreadableList(model.train_data(), folder, args.max_unreadable)
 
     def set_lr(self):
         self.lr = lr_at(self.step, self.total, self.steps_per_epoch, self.args)
@@ -111,7 +116,8 @@ class Run:
 
     def loop(self):
         """The shared training loop: epochs of batches, one optimiser step each, until done or stopped."""
-        model, batches = self.model, self.model.train_batches()
+        model = self.model
+        batches = self.batches = model.train_batches()
         while not self.done:
             epoch = self.step // self.steps_per_epoch
             model.on_epoch_start(epoch, batches)
@@ -144,6 +150,9 @@ class Run:
             self.fail_nonfinite(taken, loss, out)
         if check:
             self.checked_step = self.step
+        if log_due and self.unreadable is not None:
+            self.note_unreadable()
+            logs = dict(logs, unreadable=len(self.unreadable))
         if log_due:
             rate = self.images / (time.time() - self.tick)
             train_loss = dist.all_reduce_mean(self.loss_sum).item() / self.loss_count
@@ -164,6 +173,27 @@ class Run:
             self.stopped_by = self.stop.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
         self.done = at_end or signalled
         return self.done
+
+    def note_unreadable(self):
+        """Add the files any rank failed to decode since the last log row to the run's list; past --max_unreadable,
+        stop with a checkpoint (the stand-ins make the steps so far valid ones)."""
+        found = self.batches.take_unreadable()
+        if dist.world_size() > 1:
+            found = set().union(*dist.all_gather_object(found))
+        try:
+            new = self.unreadable.add(found)
+        except OSError as e:
+            self.fail_write(e)
+        if new and self.log:
+            self.log.print(f"step {self.step}: {len(new)} more images cannot be decoded and were replaced by others "
+                           f"({len(self.unreadable)} in all), listed in {self.unreadable.path}")
+        reason = self.unreadable.too_many()
+        if reason:
+            if self.log:
+                self.log_row(iter=self.step, epoch=self.step / self.steps_per_epoch, unreadable=len(self.unreadable))
+            self.save()
+            self.bar.close()
+            raise UserError(f"{reason}; {self.kept()}")
 
     def poll(self, check):
         """(a stop signal reached any rank, a non-finite step on any rank); the latter only read when `check`."""
@@ -281,6 +311,8 @@ def main(argv=None):
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        runlog.release()  # the run folder's lock, for a caller that goes on (the kernel drops it at exit anyway)
 
 
 if __name__ == "__main__":

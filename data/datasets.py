@@ -9,6 +9,7 @@ import gzip
 import importlib.util
 import os
 import pickle
+import zlib
 
 import numpy as np
 import torch
@@ -46,18 +47,27 @@ class ArrayData:
         return self
 
 
-class FolderData:
-    """An ImageFolder: `root/<class>/<image>`. Images are decoded in worker processes."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
-    def __init__(self, name, root, image_size=224):
-        classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+
+def class_folders(root):
+    return sorted(d.name for d in os.scandir(root) if d.is_dir())
+
+
+class FolderData:
+    """An ImageFolder: `root/<class>/<image>`. Images are decoded in worker processes; the files in `skip` (a set of
+    absolute paths, e.g. the unreadable ones tools.check_data found) are left out."""
+
+    def __init__(self, name, root, image_size=224, skip=frozenset(), classes=None):
+        classes = classes or class_folders(root)
         if not classes:
             raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
         samples = []
         for label, cls in enumerate(classes):
             for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
                 samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
-                            if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"))]
+                            if f.lower().endswith(IMAGE_EXTENSIONS)
+                            and not (skip and os.path.abspath(os.path.join(dirpath, f)) in skip)]
         if not samples:
             raise UserError(f"no image files under {root}")
         self.name, self.root, self.classes = name, root, classes
@@ -91,12 +101,35 @@ def _first_existing(dirs, files):
     return None
 
 
-def _read_idx(path):
-    with (gzip.open(path) if path.endswith(".gz") else open(path, "rb")) as f:
-        raw = f.read()
+DAMAGED = ": the file is damaged or truncated; download it again"
+IDX_MAGIC = {0x0801: "labels", 0x0803: "images"}  # unsigned bytes, 1 or 3 dimensions
+
+
+def _read_idx(path, kind):
+    """An IDX file (gzipped or not) as a uint8 tensor, checked against its own header: magic, dimensions, length."""
+    try:
+        with (gzip.open(path) if path.endswith(".gz") else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut-short .gz an EOFError
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}){DAMAGED if not isinstance(e, PermissionError) else ''}")
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if IDX_MAGIC.get(magic) != kind:
+        raise UserError(f"{path} is not an IDX file of {kind} (its first bytes are {raw[:4].hex() or 'missing'})")
     ndim = raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(shape))
+    if len(raw) != expected:
+        raise UserError(f"{path} holds {len(raw)} bytes where its header {shape} needs {expected}{DAMAGED}")
     return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+
+
+def check_labels(labels, num_classes, where, images=None, count=None):
+    """Labels in [0, num_classes), one per image: a mismatch would otherwise pair images with the wrong labels."""
+    count = len(images) if images is not None else count
+    if count is not None and len(labels) != count:
+        raise UserError(f"{where}: {len(labels)} labels for {count} images; the files do not belong together")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{where}: labels from {int(labels.min())} to {int(labels.max())}, outside 0 .. {num_classes - 1}")
 
 
 def load_fmnist(root, train):
@@ -107,8 +140,11 @@ def load_fmnist(root, train):
         names = [f"{prefix}-images-idx3-ubyte{ext}", f"{prefix}-labels-idx1-ubyte{ext}"]
         found = _first_existing(dirs, names)
         if found:
-            images = _read_idx(os.path.join(found, names[0]))
-            labels = _read_idx(os.path.join(found, names[1])).long()
+            images = _read_idx(os.path.join(found, names[0]), "images")
+            labels = _read_idx(os.path.join(found, names[1]), "labels").long()
+            if images.dim() != 3:
+                raise UserError(f"{os.path.join(found, names[0])} holds {images.dim()}-d images, not 28 x 28 ones")
+            check_labels(labels, 10, os.path.join(found, names[1]), images)
             return ArrayData("fmnist", images[:, None], labels, 10)
     if root:  # last resort where there is internet: torchvision's download into --data_root
         try:
@@ -138,15 +174,22 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load_cifar_batch(path):
-    """One pickled CIFAR batch, read without running any code a crafted file could carry."""
+def _load_cifar_batch(path, key):
+    """(images (n, 3, 32, 32), labels) of one pickled CIFAR batch, read without running any code a crafted file
+    could carry, and checked: a dict holding n x 3072 bytes of images and n labels."""
     with open(path, "rb") as f:
         unpickler = _CifarUnpickler(f, encoding="bytes")
         unpickler.path = path
         try:
-            return unpickler.load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise UserError(f"{path} is not a CIFAR batch ({type(e).__name__}: {e})")
+            batch = unpickler.load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"{path} is not a CIFAR batch ({type(e).__name__}: {e}){DAMAGED}")
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(key) if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or not isinstance(labels, list):
+        raise UserError(f"{path} is not a CIFAR batch: expected a dict with an n x 3072 array under b'data' and a list "
+                        f"under {key!r}{DAMAGED}")
+    return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32), torch.tensor(labels, dtype=torch.long)
 
 
 def load_cifar(name, root, train):
@@ -159,12 +202,25 @@ def load_cifar(name, root, train):
     if found is None:
         raise UserError(f"{name} not found: put torchvision's `{folder}/` ({', '.join(files)}) under --data_root "
                         f"(now {root})")
+    num_classes = 10 if name == "cifar10" else 100
     images, labels = [], []
     for f in files:
-        batch = _load_cifar_batch(os.path.join(found, f))
-        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-        labels += list(batch[key])
-    return ArrayData(name, torch.from_numpy(np.concatenate(images)), torch.tensor(labels), 10 if name == "cifar10" else 100)
+        x, y = _load_cifar_batch(os.path.join(found, f), key)
+        check_labels(y, num_classes, os.path.join(found, f), x)
+        images.append(x)
+        labels.append(y)
+    return ArrayData(name, torch.from_numpy(np.concatenate(images)), torch.cat(labels), num_classes)
+
+
+def _read_binary(path, item_bytes, what):
+    """The bytes of an STL-10 binary, which must hold a whole number of `item_bytes` items."""
+    try:
+        raw = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e})")
+    if len(raw) % item_bytes:
+        raise UserError(f"{path} holds {len(raw)} bytes, not a whole number of {item_bytes}-byte {what}{DAMAGED}")
+    return raw
 
 
 def load_stl10(root, split):
@@ -175,38 +231,73 @@ def load_stl10(root, split):
         raise UserError(f"stl10 not found: put `stl10_binary/` ({', '.join(files)}) under --data_root (now {root})")
     images, labels = [], []
     for p in parts:
-        x = np.fromfile(os.path.join(found, f"{p}_X.bin"), np.uint8).reshape(-1, 3, 96, 96)
+        x = _read_binary(os.path.join(found, f"{p}_X.bin"), 3 * 96 * 96, "96 x 96 images").reshape(-1, 3, 96, 96)
         images.append(x.transpose(0, 1, 3, 2))  # stored column-major
-        labels.append(np.fromfile(os.path.join(found, f"{p}_y.bin"), np.uint8).astype(np.int64) - 1
-                      if p != "unlabeled" else np.full(len(x), -1, np.int64))
-    return ArrayData("stl10", torch.from_numpy(np.ascontiguousarray(np.concatenate(images))),
-                     torch.from_numpy(np.concatenate(labels)), 10)
+        if p == "unlabeled":
+            labels.append(torch.full((len(x),), -1, dtype=torch.long))
+            continue
+        y = torch.from_numpy(_read_binary(os.path.join(found, f"{p}_y.bin"), 1, "labels").astype(np.int64)) - 1
+        check_labels(y, 10, os.path.join(found, f"{p}_y.bin") + " (labels 1 .. 10 on disk)", x)
+        labels.append(y)
+    return ArrayData("stl10", torch.from_numpy(np.ascontiguousarray(np.concatenate(images))), torch.cat(labels), 10)
 
 
-def load_folder(name, root, train):
+def read_image_list(path, root):
+    """The files named in a list of images, one a line, relative to the dataset's root (the folder holding train/
+    and val/) or absolute, as absolute paths. Every file must exist: a list of another dataset is refused."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"image list {path} cannot be read ({type(e).__name__}: {e}): expected one image path a line")
+    files = {os.path.abspath(os.path.join(root, line)) for line in lines if line and not line.startswith("#")}
+    missing = sorted(p for p in files if not os.path.isfile(p))
+    if missing:
+        raise UserError(f"image list {path} names {len(missing)} files that are not under {root}, e.g. {missing[0]}")
+    return files
+
+
+def folder_root(name, root):
+    """The folder holding train/ and val/ of an ImageNet-style dataset."""
     if name == "imagenet":
         root = root or os.environ.get("IMAGENET_PATH")
         if not root:
             raise UserError("imagenet: set IMAGENET_PATH (or --data_root) to the folder holding train/ and val/")
     elif not root:
         raise UserError("folder: --data_root must be the folder holding train/ and val/")
+    return root
+
+
+def load_folder(name, root, train, skip_list=None):
+    root = folder_root(name, root)
     split = "train" if train else next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), "val")
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise UserError(f"{name}: {path} does not exist: expected {root}/train/<class>/... and {root}/val/<class>/...")
-    return FolderData(name, path)
+    classes = class_folders(path)
+    if not train and os.path.isdir(os.path.join(root, "train")):  # labels are class indices: both splits must agree
+        train_classes = class_folders(os.path.join(root, "train"))
+        if classes != train_classes:
+            only = sorted(set(classes) ^ set(train_classes))
+            raise UserError(f"{name}: {path} and {root}/train hold different class folders ({len(only)} in one only, "
+                            f"e.g. {only[0] if only else 'the same names in another order'}); the labels would not match")
+    skip = read_image_list(skip_list, root) if skip_list else frozenset()
+    return FolderData(name, path, skip=skip, classes=classes)
 
 
-def load_dataset(name, root, split):
-    """split: 'pretrain' (every training image, unlabeled ones too), 'train' (labeled), or 'test'."""
+def load_dataset(name, root, split, skip_list=None):
+    """split: 'pretrain' (every training image, unlabeled ones too), 'train' (labeled), or 'test'. `skip_list`: a file
+    of images to leave out of a folder dataset."""
     train = split != "test"
+    if skip_list and name not in ("imagenet", "folder"):
+        raise UserError(f"--skip_images leaves files out of image folders; {name} has none")
     if name == "fmnist":
         return load_fmnist(root, train)
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root or "./datasets", train)
     if name == "stl10":
         return load_stl10(root or "./datasets", split)
-    return load_folder(name, root, train)
+    return load_folder(name, root, train, skip_list)
 
 
 def fixed_subset(data, size, seed):

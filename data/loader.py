@@ -5,6 +5,8 @@ batch b is its slice [b*B, (b+1)*B) and rank r takes the r-th equal part of it. 
 therefore sees exactly the batches the uninterrupted run would have seen.
 """
 import math
+import os
+import sys
 
 import numpy as np
 import torch
@@ -13,7 +15,26 @@ from PIL import Image
 
 from data.augment import sample_boxes
 from data.datasets import ArrayData
+from utils import dist
+from utils.checkpoint import write_atomic
 from utils.errors import UserError
+
+# what PIL and torchvision raise for a file they cannot decode: empty, truncated, damaged or not an image at all
+UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+STAND_IN_TRIES = 64
+
+
+def why_unreadable(path, jpeg_decoder=False):
+    """None if the image file decodes in full (and, with `jpeg_decoder`, by torchvision's JPEG decoder, as
+    --decode device decodes it), else the reason it does not."""
+    try:
+        with Image.open(path) as img:
+            img.convert("RGB")  # the whole image: a truncated file passes Image.open and fails here
+        if jpeg_decoder and path.lower().endswith((".jpg", ".jpeg")):
+            torchvision.io.decode_jpeg(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
+    except UNREADABLE as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
 
 
 def epoch_batches(num_samples, batch_size, seed, epoch, rank=0, world_size=1, start=0):
@@ -57,7 +78,8 @@ def decode_for_crops(path, crops, gen):
 
 class _CropBatches(torch.utils.data.Dataset):
     """Worker side of a folder dataset: a whole batch, each image decoded once and cut into its crops (bicubic),
-    written straight into one uint8 (n, size, size, 3) tensor per crop: no per-image tensors, no collate copy."""
+    written straight into one uint8 (n, size, size, 3) tensor per crop: no per-image tensors, no collate copy.
+    Returns (crops, labels, indices, unreadable): the last, the indices of the files that failed to decode."""
 
     def __init__(self, data, crops, seed):
         self.data, self.crops, self.seed = data, crops, seed
@@ -69,34 +91,83 @@ class _CropBatches(torch.utils.data.Dataset):
         """One generator per (seed, epoch, image): the crops do not depend on worker count or resume."""
         return torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFFFFFFFFFF)
 
+    def readable(self, index, epoch, unreadable, read):
+        """(source, read(path, generator)) for image `index`, where source is `index` itself or, when that file
+        cannot be decoded, the first readable stand-in of a sequence fixed by (seed, epoch, index): a resumed run
+        gets the same stand-ins. Every file that failed is appended to `unreadable`."""
+        source = index
+        for attempt in range(1, STAND_IN_TRIES + 1):
+            try:
+                return source, read(self.data.paths[source], self.generator(index, epoch))
+            except UNREADABLE:
+                unreadable.append(source)
+                source = hash((self.seed, epoch, index, attempt)) % len(self.data)
+        raise UserError(f"{STAND_IN_TRIES} images of {self.data.root} in a row cannot be decoded, e.g. "
+                        f"{self.data.paths[source]}: check the folder with python -m tools.check_data")
+
     def __getitem__(self, keys):
         out = [torch.empty(len(keys), size, size, 3, dtype=torch.uint8) for size, _ in self.crops]
         if torch.utils.data.get_worker_info() is not None:  # in shared memory from the start: sent without a copy
             out = [t.share_memory_() for t in out]
+        sources, unreadable = [], []
         for j, (index, epoch) in enumerate(keys):
-            img, boxes = decode_for_crops(self.data.paths[index], self.crops, self.generator(index, epoch))
+            source, (img, boxes) = self.readable(index, epoch, unreadable,
+                                                 lambda path, gen: decode_for_crops(path, self.crops, gen))
+            sources.append(source)
             for c, (box, (size, _)) in enumerate(zip(boxes, self.crops)):
                 out[c][j].numpy()[...] = np.asarray(img.resize((size, size), Image.BICUBIC, box=box))
         indices = torch.tensor([index for index, _ in keys])
-        return out, self.data.labels[indices], indices
+        return out, self.data.labels[sources], indices, torch.tensor(unreadable, dtype=torch.long)
 
 
 class _ByteBatches(_CropBatches):
     """Worker side of `--decode device`: only the file bytes of a batch and its crop boxes (drawn from the JPEG
-    header's size, as the worker-decode path draws them); the training process decodes and crops."""
+    header's size, as the worker-decode path draws them); the training process decodes and crops. A file whose
+    header cannot be read is replaced here; one that fails later, in the decode itself, by `decode_and_crop`."""
+
+    @staticmethod
+    def read(path, gen, crops):
+        with Image.open(path) as img:
+            width, height = img.size
+        boxes = crop_boxes(height, width, crops, gen)
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), np.uint8)
+        return data, boxes
 
     def __getitem__(self, keys):
-        files, boxes = [], []
+        files, boxes, sources, unreadable = [], [], [], []
         for index, epoch in keys:
-            with Image.open(self.data.paths[index]) as img:
-                width, height = img.size
-            boxes.append(crop_boxes(height, width, self.crops, self.generator(index, epoch)))
-            with open(self.data.paths[index], "rb") as f:
-                files.append(np.frombuffer(f.read(), np.uint8))
+            source, (data, box) = self.readable(index, epoch, unreadable, lambda p, g: self.read(p, g, self.crops))
+            files.append(data)
+            boxes.append(box)
+            sources.append(source)
         indices = torch.tensor([index for index, _ in keys])
         sizes = torch.tensor([len(f) for f in files])
         # one tensor for the batch's bytes: one shared-memory block on the way to the training process
-        return torch.from_numpy(np.concatenate(files)), sizes, torch.tensor(boxes), self.data.labels[indices], indices
+        return (torch.from_numpy(np.concatenate(files)), sizes, torch.tensor(boxes), self.data.labels[sources], indices,
+                torch.tensor(unreadable, dtype=torch.long))
+
+
+def decode_jpegs(files, device):
+    """(images, stand_ins): the batch decoded in one call; a file that fails to decode is replaced by the next file
+    of the batch that decodes, so one damaged file costs its batch a duplicate. stand_ins maps the position of each
+    failed file to its stand-in's."""
+    mode = torchvision.io.ImageReadMode.RGB
+    try:
+        return torchvision.io.decode_jpeg(files, mode=mode, device=device), {}
+    except RuntimeError:
+        pass
+    images = []
+    for f in files:
+        try:
+            images.append(torchvision.io.decode_jpeg(f, mode=mode, device=device))
+        except RuntimeError:
+            images.append(None)
+    good = [j for j, img in enumerate(images) if img is not None]
+    if not good:
+        raise UserError(f"none of the {len(files)} JPEG files of a batch can be decoded on {device}")
+    stand_ins = {j: next((g for g in good if g > j), good[0]) for j, img in enumerate(images) if img is None}
+    return [img if img is not None else images[stand_ins[j]] for j, img in enumerate(images)], stand_ins
 
 
 def decode_and_crop(files, boxes, crops, device):
@@ -104,8 +175,12 @@ def decode_and_crop(files, boxes, crops, device):
 
     Each crop is its box resampled by roi_align with as many samples per output pixel as the box has input
     pixels (an area average, like an antialiased resize); boxes are (x0, y0, w, h) per image and crop.
+    Returns (crops, the positions in the batch of the files that could not be decoded).
     """
-    images = torchvision.io.decode_jpeg(files, mode=torchvision.io.ImageReadMode.RGB, device=device)
+    images, stand_ins = decode_jpegs(files, device)
+    if stand_ins:  # the stand-ins' own boxes: a failed file's were drawn for its size
+        boxes = boxes.clone()
+        boxes[list(stand_ins)] = boxes[list(stand_ins.values())]
     height, width = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
     batch = torch.zeros(len(images), 3, height, width, device=device)
     for j, img in enumerate(images):
@@ -120,7 +195,7 @@ def decode_and_crop(files, boxes, crops, device):
         cut = cut.round_().clamp_(0, 255).to(torch.uint8).view(len(images), len(which), 3, size, size)
         for k, c in enumerate(which):
             out[c] = cut[:, k].contiguous(memory_format=torch.channels_last)
-    return out
+    return out, list(stand_ins)
 
 
 class _EpochKeys(torch.utils.data.Sampler):
@@ -137,7 +212,8 @@ class _EpochKeys(torch.utils.data.Sampler):
 
 
 class _EvalDataset(torch.utils.data.Dataset):
-    """Resize the short side to size*256/224, centre crop `size`."""
+    """Resize the short side to size*256/224, centre crop `size`. An image that cannot be decoded is replaced by the
+    next one that can; (image, label, index of the unreadable file or -1)."""
 
     def __init__(self, data, size):
         self.data, self.size = data, size
@@ -146,12 +222,21 @@ class _EvalDataset(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, index):
-        img = self.data.load(index)
+        for source in [(index + k) % len(self.data) for k in range(STAND_IN_TRIES)]:
+            try:
+                img = self.data.load(source)
+                break
+            except UNREADABLE:
+                pass
+        else:
+            raise UserError(f"{STAND_IN_TRIES} images of {self.data.root} in a row cannot be decoded, from "
+                            f"{self.data.paths[index]}: check the folder with python -m tools.check_data")
         short = round(self.size * 256 / 224)
         scale = short / min(img.size)
         img = img.resize((max(short, round(img.width * scale)), max(short, round(img.height * scale))), Image.BICUBIC)
         left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
-        return _to_uint8(img.crop((left, top, left + self.size, top + self.size))), int(self.data.labels[index])
+        return (_to_uint8(img.crop((left, top, left + self.size, top + self.size))), int(self.data.labels[source]),
+                index if source != index else -1)
 
 
 class TrainBatches:
@@ -166,9 +251,14 @@ class TrainBatches:
         self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, device
         self.crops, self.workers, self.rank, self.world_size, self.decode = crops, workers, rank, world_size, decode
         self.keys = self.loader = None
+        self.unreadable = set()  # indices of the files this process failed to decode since take_unreadable()
 
     def __len__(self):
         return len(self.data) // self.batch_size
+
+    def take_unreadable(self):
+        found, self.unreadable = self.unreadable, set()
+        return found
 
     def epoch(self, epoch, start=0):
         batches = epoch_batches(len(self.data), self.batch_size, self.seed, epoch, self.rank, self.world_size, start)
@@ -189,11 +279,13 @@ class TrainBatches:
         self.keys.batches = [[(int(i), epoch) for i in idx] for idx in batches]
         for batch in self.loader:
             if self.decode == "device":
-                data, sizes, boxes, labels, idx = batch
-                crops = decode_and_crop(list(data.split(sizes.tolist())), boxes, self.crops, self.device)
+                data, sizes, boxes, labels, idx, unreadable = batch
+                crops, failed = decode_and_crop(list(data.split(sizes.tolist())), boxes, self.crops, self.device)
+                self.unreadable.update(idx[failed].tolist())
             else:  # (n, H, W, 3) -> (n, 3, H, W) in channels-last memory, the layout the backbones use
-                crops, labels, idx = batch
+                crops, labels, idx, unreadable = batch
                 crops = [c.to(self.device, non_blocking=True).permute(0, 3, 1, 2) for c in crops]
+            self.unreadable.update(unreadable.tolist())
             yield crops, labels.to(self.device), idx.to(self.device)
 
 
@@ -208,8 +300,63 @@ def eval_batches(data, batch_size, device, workers=0, size=224, indices=None):
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(_EvalDataset(data, size), indices.tolist()),
                                          batch_size=batch_size, num_workers=workers,
                                          pin_memory=str(device).startswith("cuda"))
-    for x, y in loader:
+    unreadable = []
+    for x, y, failed in loader:
+        unreadable += [data.paths[i] for i in failed.tolist() if i >= 0]
         yield x.to(device, non_blocking=True), y.to(device)
+    if unreadable and dist.is_main():
+        print(f"warning: {len(unreadable)} images of {data.root} cannot be decoded and were replaced by their "
+              f"neighbours in this evaluation: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}",
+              file=sys.stderr)
+
+
+class UnreadableList:
+    """The training images a run could not decode: `unreadable.txt` in the run folder, one path a line relative to
+    the data root (what --skip_images reads), and the run's limit on their number. A resumed run keeps the files
+    of the list that still do not decode: a repaired one leaves it."""
+
+    FILE = "unreadable.txt"
+
+    def __init__(self, data, folder, max_fraction):
+        self.data, self.path = data, os.path.join(folder, self.FILE)
+        self.root = os.path.dirname(os.path.abspath(data.root))  # the folder holding train/ and val/
+        self.max_fraction, self.limit = max_fraction, max_fraction * len(data)
+        self.files = set()
+        if os.path.exists(self.path):
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.files = {line.strip() for line in f if line.strip()}
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f"{self.path} cannot be read ({type(e).__name__}: {e}); remove it to start the list afresh")
+            listed, self.files = self.files, {f for f in self.files if why_unreadable(os.path.join(self.root, f))}
+            if self.files != listed:
+                self.write()
+
+    def __len__(self):
+        return len(self.files)
+
+    def add(self, indices):
+        """Add the files of these dataset indices and return those that are new; the list is rewritten when one is
+        (only the main process writes)."""
+        new = {os.path.relpath(os.path.abspath(self.data.paths[i]), self.root) for i in indices} - self.files
+        if new:
+            self.files |= new
+            self.write()
+        return new
+
+    def write(self):
+        if dist.is_main():
+            text = "".join(f"{f}\n" for f in sorted(self.files)).encode()
+            write_atomic(self.path, lambda f: f.write(text))
+
+    def too_many(self):
+        """The one-line reason to stop when more images than the limit are unreadable, else None."""
+        if len(self.files) <= self.limit:
+            return None
+        return (f"{len(self.files)} of the {len(self.data)} training images cannot be decoded, more than --max_unreadable "
+                f"{self.max_fraction:g} allows; they are listed in {self.path}: repair them or raise "
+                f"--max_unreadable and continue with --resume {os.path.dirname(self.path)}, or start a new run with "
+                f"--skip_images {self.path}")
 
 
 def steps_per_epoch(num_samples, batch_size):

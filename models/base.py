@@ -43,11 +43,13 @@ def autocast(args, device):
 
 def load_data(args, pretrain, device):
     """train (what the loop iterates), test, and knn_train (the labeled training images for kNN), on `device`."""
-    train = fixed_subset(load_dataset(args.data, args.data_root, "pretrain" if pretrain else "train"), args.subset, args.seed)
-    test = load_dataset(args.data, args.data_root, "test")
+    def load(split):
+        return load_dataset(args.data, args.data_root, split, args.skip_images)
+    train = fixed_subset(load("pretrain" if pretrain else "train"), args.subset, args.seed)
+    test = load("test")
     knn_train = train
     if (train.labels < 0).any():  # STL-10's unlabeled images: kNN uses the labeled split
-        knn_train = fixed_subset(load_dataset(args.data, args.data_root, "train"), args.subset, args.seed)
+        knn_train = fixed_subset(load("train"), args.subset, args.seed)
     for d in (train, test, knn_train):
         d.to(device)
     return types.SimpleNamespace(train=train, test=test, knn_train=knn_train)

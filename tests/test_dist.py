@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, only_run
+from test_bad_data import folder_run, image_folder
 from models.losses import info_nce_loss, sinkhorn
 from models.memory import init_memory_bank, spherical_kmeans
 from utils import dist
@@ -167,8 +168,27 @@ def test_torchrun_launches_from_its_environment(tmp_path):
                            os.path.join(ROOT, "train.py")] + PRETRAIN + ["--root", str(root)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    _, ckpt = checkpoint_of(root)
+    folder, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
+    # resumed under torchrun: rank 0 holds the run folder's lock, the other ranks follow it
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_address().split(":")[1],
+                           os.path.join(ROOT, "train.py"), "--resume", folder, "--iters", "6"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert checkpoint_of(root)[1]["step"] == 6
+
+
+def test_two_processes_list_the_unreadable_images_one_process_meets(tmp_path):
+    data = image_folder(tmp_path / "data")
+    args = folder_run(data, tmp_path / "one", "--iters", "3", "--workers", "0")
+    one = cli(args)
+    two = cli(folder_run(data, tmp_path / "two", "--iters", "3", "--workers", "0") +
+              ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()])
+    for proc in (one, two):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    lists = [(folder / "unreadable.txt").read_text() for folder in (only_run(tmp_path / "one"), only_run(tmp_path / "two"))]
+    assert lists[0] and lists[0] == lists[1]  # each rank meets half of them: the list is their union
 
 
 def wait_for_rows(root, rows, procs, limit=240):

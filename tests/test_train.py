@@ -17,7 +17,8 @@ from conftest import ROOT, TINY
 
 def test_pretrain_writes_an_exman_run_folder(runs):
     pre = runs["pre"]
-    assert sorted(os.listdir(pre)) == ["backbone.pth", "checkpoint.pth.tar", "log.txt", "logs.csv", "params.yaml"]
+    assert sorted(os.listdir(pre)) == ["backbone.pth", "checkpoint.pth.tar", "log.txt", "logs.csv", "params.yaml",
+                                       "train.lock"]
     logs = pd.read_csv(os.path.join(pre, "logs.csv"))
     assert logs["iter"].tolist() == [2, 4, 6]
     assert {"epoch", "lr", "train_loss", "img_per_s", "knn_acc1"} <= set(logs.columns)

@@ -98,18 +98,26 @@ def load(path, mmap=False):
     """The checkpoint at `path` (a run folder, checkpoint.pth.tar or backbone.pth) on the CPU. `mmap`: tensors
     are read only when touched, so reading the saved flags of a large checkpoint costs little."""
     path = resolve(path)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty: not a checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        raise UserError(f"{path} is not a checkpoint this repo can read ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-    if not isinstance(ckpt, dict) or "args" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint this repo can read, or is truncated ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]})")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("args"), dict):
         raise UserError(f"{path} is not a checkpoint of this repo (no saved args)")
     return ckpt
 
 
 def saved_args(path):
-    """The flags a checkpoint's run was started with."""
-    return load(path, mmap=True)["args"]
+    """The flags of the run a training checkpoint continues; an exported backbone.pth is refused."""
+    ckpt = load(path, mmap=True)
+    missing = [k for k in ("step", "model", "optimizer", "rng") if k not in ckpt]
+    if missing:
+        raise UserError(f"{resolve(path)} holds no training state ({', '.join(missing)}): --resume takes a run folder "
+                        f"or its {CHECKPOINT}, not an exported {BACKBONE}")
+    return ckpt["args"]
 
 
 def backbone_weights(ckpt, path):

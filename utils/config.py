@@ -18,7 +18,8 @@ from utils import checkpoint, runlog
 from utils.errors import UserError
 
 # where and how to run: on --resume these come from the new command line, never from the saved run
-LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device")
+LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device",
+                "lock_wait")
 
 
 def str2bool(s):
@@ -84,6 +85,8 @@ def add_common_args(p):
     g.add_argument("--tmp", type=str2bool, default=False, help="put the run folder in <root>/tmp, outside the index")
     g.add_argument("--resume", default=None, help="run folder or checkpoint to continue, in its own folder; `auto`: "
                    "the newest run named --name in --root if unfinished, else a new run (for preemptible jobs)")
+    g.add_argument("--lock_wait", type=NONNEGATIVE, default=0,
+                   help="seconds to wait for another process that is training the run folder to --resume (0: refuse at once)")
     g.add_argument("--seed", type=Range(int, ge=0, lt=2 ** 31), default=0,
                    help="seed of weights, data order and augmentation")
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1... (default: cuda when available, else cpu)")
@@ -102,6 +105,12 @@ def add_common_args(p):
     g.add_argument("--decode", default="workers", choices=["workers", "device"],
                    help="folder datasets: workers decode and crop (PIL), or workers only read the JPEG bytes and the "
                         "training device decodes (nvjpeg on CUDA) and crops (roi_align)")
+    g.add_argument("--skip_images", default=None,
+                   help="image folders: a file naming images to leave out, one a line, relative to the data root (as "
+                        "tools.check_data and a run's unreadable.txt write them)")
+    g.add_argument("--max_unreadable", type=PROBABILITY, default=0.01,
+                   help="image folders: an image that cannot be decoded is replaced by another and listed in the run's "
+                        "unreadable.txt; the run stops when more than this fraction of the images is unreadable")
     g.add_argument("--workers", type=INT0, default=4,
                    help="data loader processes for folder datasets (in-memory data needs none)")
 
@@ -243,11 +252,13 @@ def _convert(action, key, value):
 def read_config(path):
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             cfg = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}")
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config {path} cannot be read as text ({type(e).__name__}: {e})")
     if not isinstance(cfg, dict):
         raise UserError(f"config {path} must be a mapping of flag names to values")
     return cfg
@@ -263,25 +274,42 @@ def build_parser(problem, problems):
     return p
 
 
-def resumable(resume, root, name, problem):
+def resumable(resume, root, name, problem, lock):
     """What `--resume` names: a run folder or checkpoint, or for `auto` the newest run named `--name` in the root
-    if it is unfinished (None: start a new run)."""
+    if it is unfinished (None: start a new run). With `lock` (seconds to wait for another process that trains it),
+    this process takes the run folder's lock before anything is read from it."""
     if resume != "auto":
+        if resume and lock is not None and os.path.exists(resume):
+            runlog.hold(resume if os.path.isdir(resume) else os.path.dirname(resume), lock)
         return resume
     if not name:
         raise UserError("--resume auto needs --name: it continues the newest run of that name when unfinished")
-    return runlog.unfinished_run(root, name, problem)
+    return runlog.unfinished_run(root, name, problem, lock)
+
+
+def lock_wait(known, cfg):
+    """Seconds to wait for a run folder's lock, or None in a process that does not hold run folders: only global
+    rank 0 does (under torchrun), or the launcher of node 0."""
+    node_rank = known.node_rank if known.node_rank is not None else cfg.get("node_rank", 0)
+    if os.environ.get("RANK", "0") != "0" or str(node_rank) != "0":
+        return None
+    wait = known.lock_wait if known.lock_wait is not None else cfg.get("lock_wait", 0)
+    try:
+        return NONNEGATIVE(wait)
+    except (argparse.ArgumentTypeError, ValueError):
+        raise UserError(f"argument --lock_wait: {wait} is not a number of seconds >= 0")
 
 
 def parse_args(argv, problems):
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = Parser(add_help=False)
-    for flag in ("--problem", "--config", "--resume", "--root", "--name"):
+    for flag in ("--problem", "--config", "--resume", "--root", "--name", "--node_rank", "--lock_wait"):
         pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
     cfg = read_config(known.config) if known.config else {}
     root = known.root or cfg.get("root") or os.environ.get("EXMAN_PATH", "./logs")
-    resume = resumable(known.resume, root, known.name or cfg.get("name"), known.problem or cfg.get("problem"))
+    resume = resumable(known.resume, root, known.name or cfg.get("name"), known.problem or cfg.get("problem"),
+                       lock_wait(known, cfg))
     saved = checkpoint.saved_args(resume) if resume else {}
     problem = known.problem or cfg.get("problem") or saved.get("problem") or "simclr"
     if saved and problem != saved["problem"]:

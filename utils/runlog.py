@@ -1,7 +1,12 @@
 """exman run folders: params.yaml, log.txt, logs.csv. Only the main process ever calls these."""
 import datetime
+import errno
+import fcntl
 import os
 import pathlib
+import socket
+import sys
+import time
 
 import pandas as pd
 import yaml
@@ -30,26 +35,105 @@ def create_run_folder(args):
             (root.index / f"{folder.name}.yaml").symlink_to(pathlib.Path("..", "runs", folder.name, PARAMS_FILE))
     except OSError as e:
         raise UserError(f"cannot make a run folder under --root {args.root}: {e.strerror or e}")
+    hold(folder.absroot)
     return str(folder.absroot)
 
 
-def unfinished_run(root, name, problem=None):
+LOCK = "train.lock"
+_held = {}  # run folder -> the open file that holds its lock, for as long as this process trains it
+
+
+def hold(folder, wait=0.0):
+    """Make this process the one that trains `folder`: an exclusive POSIX lock on <folder>/train.lock, which the
+    kernel releases when the process ends, however it ends. POSIX locks belong to the process: the data loader's
+    forked workers do not inherit it (an flock they would), and NFS carries them between machines. A folder another
+    live process holds is refused with one line naming it (host and PID), or waited for up to `wait` seconds. Where
+    the file system has no locks, a warning. (A POSIX lock also goes when the process closes any other descriptor
+    of the file: nothing else here opens it.)"""
+    folder = os.path.abspath(folder)
+    if folder in _held:
+        return
+    path = os.path.join(folder, LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"cannot lock the run folder {folder}: {e.strerror} ({path})")
+    deadline, told = time.time() + wait, False
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    print(f"warning: the file system of {folder} has no file locks ({e.strerror}): nothing stops a "
+                          f"second process from training this run folder at the same time", file=sys.stderr)
+                    return
+                raise UserError(f"cannot lock the run folder {folder}: {e.strerror}")
+            holder = _holder(fd)
+            if time.time() >= deadline:
+                os.close(fd)
+                raise UserError(f"{folder} is being trained by {holder}: one process trains a run folder at a time; "
+                                f"wait for it to end (--lock_wait SECONDS waits) or stop it")
+            if not told:
+                print(f"waiting up to {wait:g} s for {holder}, which is training {folder}", flush=True)
+                told = True
+            time.sleep(min(1.0, max(0.0, deadline - time.time())))
+    os.ftruncate(fd, 0)
+    os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n"
+             .encode())
+    _held[folder] = fd
+
+
+def _holder(fd):
+    text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    return f"the process of {text}" if text else "another process"
+
+
+def release(folder=None):
+    """Give up the lock on `folder` (on every folder this process holds when None)."""
+    for held in [os.path.abspath(folder)] if folder else list(_held):
+        fd = _held.pop(held, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def _read_params(path):
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}): repair or remove that run folder")
+    if not isinstance(params, dict):
+        raise UserError(f"{path} is not a run's flags (a YAML mapping): repair or remove that run folder")
+    return params
+
+
+def unfinished_run(root, name, problem=None, lock=None):
     """The newest run folder named `name` (of `problem`, when given) in the exman root if its checkpoint has not
-    reached its last step, else None. Runs without a checkpoint yet are passed over."""
+    reached its last step, else None. Runs without a checkpoint yet are passed over. With `lock` (the wait in
+    seconds), the run found is held by this process, after waiting for the process that trains it, if any."""
     runs = os.path.join(root, "runs")
     folders = sorted(os.listdir(runs), reverse=True) if os.path.isdir(runs) else []  # exman numbers them: newest last
     for folder in folders:
         params_file = os.path.join(runs, folder, PARAMS_FILE)
         if not os.path.isfile(params_file):
             continue
-        with open(params_file) as f:
-            params = yaml.safe_load(f) or {}
+        params = _read_params(params_file)
         if params.get("name") != name or (problem and params.get("problem") != problem):
             continue
-        if not os.path.isfile(os.path.join(runs, folder, checkpoint.CHECKPOINT)):
+        folder = os.path.join(runs, folder)
+        if lock is not None:  # a live run of this name is waited for (or refused) even before its first checkpoint
+            hold(folder, lock)
+        if not os.path.isfile(os.path.join(folder, checkpoint.CHECKPOINT)):
+            release(folder)
             continue
-        ckpt = checkpoint.load(os.path.join(runs, folder), mmap=True)
-        return os.path.join(runs, folder) if ckpt["step"] < ckpt.get("total", float("inf")) else None
+        ckpt = checkpoint.load(folder, mmap=True)
+        if ckpt["step"] < ckpt.get("total", float("inf")):
+            return folder
+        release(folder)
+        return None
     return None
 
 
@@ -61,8 +145,12 @@ class RunLog:
         self.rows = []
         csv = os.path.join(folder, LOGS_CSV)
         if resume_step is not None and os.path.exists(csv):
-            old = pd.read_csv(csv)
-            self.rows = old[old["iter"] <= resume_step].to_dict("records")
+            try:
+                old = pd.read_csv(csv)
+                self.rows = old[old["iter"] <= resume_step].to_dict("records")
+            except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+                raise UserError(f"{csv} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                                f"move it aside and resume again to start a new one")
 
     def print(self, *parts):
         line = " ".join(str(p) for p in parts)
