@@ -20,6 +20,9 @@ def bernoulli(p, n, gen):
     return torch.rand(n, generator=gen, device=gen.device) < p
 
 
+ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's range of crop aspect ratios
+
+
 def sample_boxes(n, height, width, scale, ratio, gen, tries=10):
     """RandomResizedCrop boxes (x0, y0, w, h) in pixels, (n, 4): area fraction ~ U(scale), log aspect ~ U(log ratio).
 
@@ -216,7 +219,7 @@ class Augment:
                 images = x.float() / 255
                 side = images.shape[-1] if size < 0 else size
                 p = self.sample(len(images), side)
-                boxes = sample_boxes(len(images), images.shape[2], images.shape[3], scale, (3 / 4, 4 / 3), self.gen)
+                boxes = sample_boxes(len(images), images.shape[2], images.shape[3], scale, ASPECT, self.gen)
                 crop = crop_resize(images, boxes, side, p["flip"])
             if self.colour:
                 crop = self.colour_distort(crop, p)
@@ -229,7 +232,7 @@ def eval_view(x, mean, std):
     return normalize(x.float() / 255, mean, std)
 
 
-def from_args(args, data, generator, colour=True):
+def from_args(args, data, generator):
     """The Augment of the multi-crop and colour flags, with the dataset's recipe where a flag is left unset."""
     lists = [args.num_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops]
     if len({len(l) for l in lists}) != 1:
@@ -241,5 +244,5 @@ def from_args(args, data, generator, colour=True):
     sizes = [default_side if size < 0 else size for size in args.size_crops]
     return Augment(args.num_crops, sizes, args.min_scale_crops, args.max_scale_crops, data.mean, data.std,
                    data.channels, jitter_strength=s, jitter_prob=args.jitter_prob, grayscale_prob=args.grayscale_prob,
-                   blur_prob=blur, solarize_prob=args.solarize_prob, colour=colour, generator=generator,
+                   blur_prob=blur, solarize_prob=args.solarize_prob, generator=generator,
                    jitter=args.color_jitter)

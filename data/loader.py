@@ -13,7 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from data.augment import sample_boxes
+from data.augment import ASPECT, sample_boxes
 from data.datasets import ArrayData
 from utils import dist
 from utils.checkpoint import write_atomic
@@ -54,7 +54,7 @@ def _to_uint8(img):
 def crop_boxes(height, width, crops, gen):
     """RandomResizedCrop boxes (x0, y0, w, h) of every crop of one image, in one draw."""
     scales = torch.tensor([scale for _, scale in crops], dtype=torch.float64)
-    return sample_boxes(len(crops), height, width, scales, (3 / 4, 4 / 3), gen).tolist()
+    return sample_boxes(len(crops), height, width, scales, ASPECT, gen).tolist()
 
 
 def decode_for_crops(path, crops, gen):

@@ -111,8 +111,7 @@ def build_backbone(spec):
         return Pixels(spec["in_channels"], spec["image_size"])
     if spec["arch"].startswith("regnet"):
         return RegNetBackbone(spec["arch"], spec["in_channels"], spec["cifar_stem"], spec.get("regnet"))
-    return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"],
-                  spec.get("stem_stride", 1))
+    return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"], spec["stem_stride"])
 
 
 def multicrop_forward(backbone, crops):

@@ -8,10 +8,12 @@ A problem is an nn.Module built by `Problem.build(args, device)`. The loop calls
 - `after_backward(step)`: gradients are ready, the optimiser has not stepped (SwAV drops frozen prototypes');
 - `after_step(step, out)`: the optimiser has stepped (memory banks and queues are updated here);
 - `evaluate() -> metrics`, at --eval_freq and at the end.
-`fit(run)` trains from run.step to run.total; the default is the loop (the L-BFGS probe has its own).
-Every random draw of a problem comes from its own generators (`self.generator(name)`), which checkpoints
-save per rank; `rank_state()` is the rest of a rank's own state (a queue, a bank). Checkpoints also
-export `backbone` (an nn.Module) with `backbone_spec` (the dict that rebuilds it).
+`fit(run)` trains from run.step to run.total: `run.loop()` for every problem but the L-BFGS probe, whose
+full-batch steps take a closure (its own short loop, still through `run.set_lr()` and `run.step_done()`).
+Saved state: every random draw comes from the problem's own generators (`self.generator(name)`), saved per rank.
+State that every rank holds alike (NPID's bank, DeepCluster-v2's centroids) goes in `get_extra_state()`, so in
+the model's state_dict; state that differs per rank (SwAV's queue, DeepCluster-v2's banks) in `rank_state()`.
+Checkpoints also export `backbone` (an nn.Module) with `backbone_spec` (the dict that rebuilds it).
 """
 import types
 
@@ -69,8 +71,9 @@ class Problem(nn.Module):
         return cls(args, load_data(args, pretrain=True, device=device), device)
 
     @staticmethod
-    def replicated(args):
-        """False: under DDP every rank trains on its part of each global batch."""
+    def whole_batch_on_every_rank(args):
+        """False: under DDP every rank trains on its part of each global batch. True: no DDP, every rank computes
+        the same step on the whole batch (the precomputed-feature probe)."""
         return False
 
     def generator(self, name):
@@ -90,8 +93,8 @@ class Problem(nn.Module):
         return self.data.train
 
     def train_batches(self):
-        """The batches of every epoch: this rank's share of each global batch (all of it when replicated)."""
-        shards = 1 if self.replicated(self.args) else dist.world_size()
+        """The batches of every epoch: this rank's share of each global batch, or all of it."""
+        shards = 1 if self.whole_batch_on_every_rank(self.args) else dist.world_size()
         return TrainBatches(self.train_data(), self.args.batch_size, self.args.seed, self.device, crops=self.augment.crops,
                             workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
                             decode=self.args.decode)
@@ -113,6 +116,16 @@ class Problem(nn.Module):
 
     def rank_state(self):
         return {}
+
+    def features(self):
+        """(features, labels) of the labeled training images and of the test images, from the backbone in eval mode."""
+        return [extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
+                for d in (self.data.knn_train, self.data.test)]
+
+    def knn(self, train, test):
+        """kNN accuracy of test = (features, labels) against train = (features, labels)."""
+        k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
+        return dict(knn_acc1=k1, knn_acc5=k5)
 
     def load_rank_state(self, state):
         pass
@@ -160,15 +173,6 @@ class Pretrain(Problem):
         for x, _, idx in tqdm(batches.epoch(epoch), total=len(batches), desc="memory bank",
                               disable=not dist.is_main(), leave=False):
             yield self.augment(x), idx
-
-    def features(self):
-        """(features, labels) of the labeled training images and of the test images, from the frozen backbone."""
-        return [extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)
-                for d in (self.data.knn_train, self.data.test)]
-
-    def knn(self, train, test):
-        k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
-        return dict(knn_acc1=k1, knn_acc5=k5)
 
     def evaluate(self):
         """kNN accuracy of the backbone's features, test images against the labeled training images."""

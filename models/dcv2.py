@@ -1,10 +1,10 @@
 """DeepCluster-v2: SwAV's model with prototypes set to k-means centroids of a memory bank every epoch, never trained."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from data.loader import steps_per_epoch
 from models.base import Pretrain
+from models.heads import prototype_layers
 from models.memory import spherical_kmeans
 from utils import config, dist
 from utils.errors import UserError
@@ -30,7 +30,7 @@ class DeepClusterV2(Pretrain):
     def __init__(self, args, data, device):
         super().__init__(args, data, device)
         self.check_crops("crops_for_mb", args.crops_for_mb)
-        self.prototypes = nn.ModuleList(nn.Linear(args.embedding_dim, k, bias=False) for k in args.num_clusters)
+        self.prototypes = prototype_layers(args.embedding_dim, args.num_clusters)
         self.prototypes.requires_grad_(False)  # centroids, not trained
         # per-rank bank: one slot per image this rank sees in an epoch, overwritten batch by batch
         self.local_batch = args.batch_size // dist.world_size()

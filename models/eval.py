@@ -11,7 +11,7 @@ from data.datasets import ArrayData
 from models.backbones import build_backbone
 from models.base import Problem, load_data
 from models.heads import head_from_args
-from models.knn import bank_knn, eval_mode, extract_features, knn_accuracy
+from models.knn import bank_knn, eval_mode
 from utils import checkpoint, dist
 from utils.config import Range, find_action, str2bool
 from utils.errors import UserError
@@ -61,7 +61,7 @@ class LinearEval(Problem):
         p.set_defaults(opt="sgd", lr=0.1, epochs=100, weight_decay=0.0, data=None)  # SGD momentum 0.9 + cosine
 
     @staticmethod
-    def replicated(args):
+    def whole_batch_on_every_rank(args):
         """Precomputed features are gathered on every rank, which then trains the same probe on the whole batch:
         no DDP, and exactly the single-process result. Augmented features split each batch over the ranks (DDP)."""
         return args.precompute_features
@@ -112,7 +112,7 @@ class LinearEval(Problem):
         self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
                                data.train.channels, colour=False, generator=self.generator("augment"))
         self._features = None
-        if args.linear_bn and not self.replicated(args) and dist.world_size() > 1:  # global BatchNorm statistics
+        if args.linear_bn and not self.whole_batch_on_every_rank(args) and dist.world_size() > 1:  # global BatchNorm statistics
             if device.type == "cpu":
                 raise UserError("--linear_bn with --precompute_features false on several processes needs GPUs (SyncBatchNorm)")
             self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)
@@ -142,9 +142,8 @@ class LinearEval(Problem):
 
     def features(self):
         """Un-augmented (train, test) features and labels, computed once: the encoder never changes."""
-        if self._features is None:
-            self._features = [extract_features(self.backbone, d, self.device, workers=self.args.workers,
-                                               autocast=self.autocast) for d in (self.data.train, self.data.test)]
+        if self._features is None:  # the labeled training images are the probe's training images
+            self._features = super().features()
         return self._features
 
     def train_data(self):
@@ -198,14 +197,12 @@ class LinearEval(Problem):
 
     @torch.no_grad()
     def evaluate(self):
-        (train_feats, train_labels), (test_feats, test_labels) = self.features()
+        train, (test_feats, test_labels) = self.features()
         with eval_mode(self):
             top5 = self.classifier(test_feats).topk(min(5, self.data.test.num_classes), dim=1).indices
         acc1 = 100.0 * (top5[:, 0] == test_labels).float().mean().item()
         acc5 = 100.0 * (top5 == test_labels[:, None]).any(dim=1).float().mean().item()
-        k1, k5 = knn_accuracy(train_feats, train_labels, test_feats, test_labels, self.data.test.num_classes,
-                              self.args.knn_k, self.args.knn_t)
-        metrics = dict(test_acc1=acc1, test_acc5=acc5, knn_acc1=k1, knn_acc5=k5)
+        metrics = dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
         if self.memory is not None:
             head, bank, labels = self.memory
             metrics.update(bank_knn(head, bank, labels, (test_feats, test_labels), self.data.test.num_classes,

@@ -20,6 +20,12 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def prototype_layers(dim, counts):
+    """One bias-free Linear(dim, k) per head: its k rows are the prototypes (SwAV) or the centroids
+    (DeepCluster-v2), and layer(z) the scores of embeddings z against them."""
+    return nn.ModuleList(nn.Linear(dim, k, bias=False) for k in counts)
+
+
 def head_from_args(args, feat_dim):
     """The MLP of the head flags on features of width `feat_dim`: hidden widths (-1 = feat_dim), then embedding_dim."""
     hidden = [feat_dim if d == -1 else d for d in args.head_hidden_dims]

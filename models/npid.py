@@ -53,7 +53,7 @@ class NPID(Pretrain):
         self.memory_bank.copy_(state["memory_bank"])
         self.z_const = torch.tensor(float(state["z_const"]), device=self.device)
         self.z_known = bool(self.z_const > 0)
-        self.memory_filled = state.get("memory_filled", True)
+        self.memory_filled = state["memory_filled"]
 
     @torch.no_grad()
     def on_epoch_start(self, epoch, batches):

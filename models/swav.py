@@ -1,9 +1,9 @@
 """SwAV: backbone -> MLP head -> normalize -> bias-free prototype layers; swapped prediction of Sinkhorn codes."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from models.base import Pretrain
+from models.heads import prototype_layers
 from models.losses import swav_loss
 from utils import config, dist, optim
 
@@ -36,7 +36,7 @@ class SwAV(Pretrain):
     def __init__(self, args, data, device):
         super().__init__(args, data, device)
         self.check_crops("crops_for_assign", args.crops_for_assign)
-        self.prototypes = nn.ModuleList(nn.Linear(args.embedding_dim, k, bias=False) for k in args.num_prototypes)
+        self.prototypes = prototype_layers(args.embedding_dim, args.num_prototypes)
         # per-rank queue: queue_length rounded down to a multiple of the global batch, split over the ranks
         per_rank = (args.queue_length - args.queue_length % args.batch_size) // dist.world_size()
         self.queue = torch.zeros(len(args.crops_for_assign), per_rank, args.embedding_dim, device=device)

@@ -28,6 +28,7 @@ from data.datasets import STATS, FolderData
 from data.loader import TrainBatches
 from models.losses import info_nce_loss, sinkhorn
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives, spherical_kmeans
+from utils import dist
 from utils.config import parse_args
 from utils.errors import UserError
 
@@ -87,23 +88,20 @@ def step(argv, warmup=3):
         at = argv.index("--steps")
         steps, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
     args = parse_args(argv, train.PROBLEMS)
-    device = train.pick_device(args)
-    torch.backends.cudnn.benchmark = True
-    torch.manual_seed(args.seed)
-    model = train.PROBLEMS[args.problem].build(args, device).to(device).train()
+    device = dist.pick_device(args.device)
+    model, optimizer, scaler = train.build(args, device)
+    model.train()
     data = model.data
     if not hasattr(data.train, "images"):
         raise UserError("step times in-memory datasets (fmnist, cifar, stl10); time folder data with `loader`")
-    optimizer = model.make_optimizer()
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "fp16")
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
     idx = (torch.arange(args.batch_size) % len(data.train)).to(data.train.images.device)  # as the loader yields it
     batch = data.train.images[idx], data.train.labels[idx], idx
     counter = iter(range(10 ** 9))
     for _ in range(warmup - 1):
-        train.train_step(model, optimizer, batch, next(counter), scaler)
-    seconds = timed(lambda: train.train_step(model, optimizer, batch, next(counter), scaler), steps, device)
+        train.train_step(model, model, optimizer, scaler, batch, next(counter))
+    seconds = timed(lambda: train.train_step(model, model, optimizer, scaler, batch, next(counter)), steps, device)
     crops = len(model.augment.crops)
     precision = args.amp_dtype if args.amp else "fp32"
     row = (f"step: {args.problem} {args.arch} width {args.width} batch {args.batch_size} x {crops} crops {precision} on "
@@ -249,7 +247,7 @@ def scale(argv):
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = dist.pick_device(args.device)
     f = args.fraction
 
     def n(x):

@@ -17,10 +17,11 @@ import shlex
 
 import matplotlib
 import pandas as pd
-import torch
 import yaml
 
 import train
+from utils import dist
+from utils.checkpoint import write_atomic
 from tools.benchmark import commit, machine
 from tools.demo import native_bf16
 
@@ -104,7 +105,7 @@ def run_method(method, args, bf16):
                                   "--encoder_ckpt", encoder] + args.probe_flags)
     saved.update(method=method, config=config_of(method), probe=folder, linear=metrics["test_acc1"],
                  knn=metrics["knn_acc1"], commit=commit(), date=str(datetime.date.today()),
-                 device=machine(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))))
+                 device=machine(dist.pick_device(args.device)))
     save_json(path, saved)
     return saved
 
@@ -116,9 +117,8 @@ def train_batch_size(folder):
 
 def save_json(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
+    text = json.dumps(value, indent=1).encode()
+    write_atomic(path, lambda f: f.write(text))
 
 
 def table(results):

@@ -160,7 +160,7 @@ def restore(path, model, optimizer, scaler):
         if dist.is_main():
             print(f"warning: --opt {model.args.opt} starts afresh ({e}); weights, step and schedule continue",
                   file=sys.stderr)
-    scaler.load_state_dict(ckpt.get("scaler", {}))
+    scaler.load_state_dict(ckpt["scaler"])
     step = ckpt["step"]
     if len(ckpt["rng"]) == dist.world_size():
         set_rng_state(ckpt["rng"][dist.rank()], model.generators)
@@ -180,9 +180,8 @@ def rng_state(generators):
 
 def set_rng_state(state, generators):
     torch.set_rng_state(state["torch"])
-    saved = state.get("generators", {"augment": state.get("augment")})  # older checkpoints saved only "augment"
     for name, gen in generators.items():
-        if saved.get(name) is not None:
-            gen.set_state(saved[name])
+        if name in state["generators"]:
+            gen.set_state(state["generators"][name])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

@@ -43,6 +43,19 @@ def barrier():
         dist.barrier()
 
 
+def pick_device(name=None):
+    """The torch.device of --device `name`; by default cuda where a GPU is visible, else cpu."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: cpu, cuda or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
 def under_torchrun():
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
@@ -131,7 +144,7 @@ def shutdown():
 
 
 def _setup(args, rank, world, local_rank, local_procs, init_method):
-    cuda = torch.cuda.is_available() and not (args.device or "").startswith("cpu")
+    cuda = pick_device(args.device).type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
         args.device = f"cuda:{local_rank}"
@@ -192,15 +205,6 @@ def all_reduce_sum(x):
         x = x.clone()
         dist.all_reduce(x)
     return x
-
-
-def any_rank(flag, device):
-    """True on every rank when `flag` is true on any: ranks decide together to stop."""
-    if world_size() == 1:
-        return bool(flag)
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 def all_gather_object(obj):

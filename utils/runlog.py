@@ -130,7 +130,7 @@ def unfinished_run(root, name, problem=None, lock=None):
             release(folder)
             continue
         ckpt = checkpoint.load(folder, mmap=True)
-        if ckpt["step"] < ckpt.get("total", float("inf")):
+        if ckpt["step"] < ckpt["total"]:
             return folder
         release(folder)
         return None

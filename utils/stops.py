@@ -1,0 +1,97 @@
+"""How a run ends before its last step: a stop signal, a non-finite loss or gradient, or a write that fails.
+
+Each says one line on stderr that names what happened and which checkpoint is intact; a signal stops every
+rank after the same step (with a checkpoint), the others exit with code 1 and write nothing non-finite.
+"""
+import os
+import signal
+import sys
+
+import torch
+
+from utils import dist
+
+
+class StopFlag:
+    """SIGINT / SIGTERM ask the loop to stop after the current step, save a checkpoint and exit."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.set)
+
+    def set(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
+class Stops:
+    """The checks that end a run early. `saved_step` is the step of the newest intact checkpoint (None: none yet);
+    `before_exit` runs before a failure is printed (the progress bar closes)."""
+
+    def __init__(self, problem, folder, device, step, resumed, before_exit):
+        self.problem, self.folder, self.before_exit = problem, folder, before_exit
+        self.signals = StopFlag()
+        # a non-finite loss or gradient since the last check, kept on the device: reading it costs a GPU a sync
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.checked_step, self.saved_step = step, step if resumed else None
+
+    def watch(self, loss, model, scaler):
+        """Note whether this step's loss or gradients are non-finite, without reading the result back."""
+        self.nonfinite |= ~torch.isfinite(loss.detach())
+        if not scaler.is_enabled():  # fp16's scaler skips steps with infinite gradients on purpose
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                self.nonfinite |= ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+
+    def poll(self, step, loss, out, check):
+        """True when a stop signal reached any rank. With `check`, the steps up to `step` are read for non-finite
+        values too (on every rank together), and a bad one ends the process (exit 1)."""
+        signalled = self.signals.signal is not None
+        bad = check and bool(self.nonfinite)
+        if dist.world_size() > 1:  # every rank decides the same: one all-reduce of both flags
+            flags = torch.stack([torch.tensor(float(signalled), device=self.nonfinite.device),
+                                 (self.nonfinite & check).float()])
+            signalled, bad = (dist.all_reduce_sum(flags) > 0).tolist()
+        if bad:
+            self.fail_nonfinite(step, loss, out)
+        if check:
+            self.checked_step = step + 1
+        return signalled
+
+    def signal_number(self):
+        return self.signals.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
+
+    def fail_nonfinite(self, step, loss, out):
+        """Exit 1; the step's tensors go to the run folder when it is the step that turned bad."""
+        if self.checked_step == step:  # every earlier step was checked: this one is the culprit
+            dump = os.path.join(self.folder, f"nonfinite_step{step}_rank{dist.rank()}.pt")
+            torch.save(out, dump)
+            what = f"{self.problem} loss is {loss.item():g} at step {step}"
+            if torch.isfinite(loss):
+                what = f"{self.problem} gradients are not finite at step {step} (loss {loss.item():.4g})"
+            what += f"; that step's tensors are in {dump}"
+        else:
+            what = f"{self.problem} loss or gradients turned non-finite between steps {self.checked_step} and {step}"
+        self.fail(what)
+
+    def check_weights(self, model, step):
+        """Exit 1 before a checkpoint would store a non-finite weight."""
+        weights = [v for v in model.state_dict().values() if torch.is_tensor(v) and v.is_floating_point()]
+        if weights and not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):
+            self.fail(f"{self.problem} weights are not finite after step {step}")
+
+    def fail_write(self, e):
+        """A full or failing disk (an OSError naming the file): exit 1; the last checkpoint stays as it was."""
+        self.fail(f"{(e.strerror or str(e)).lower()} while writing {e.filename}")
+
+    def fail(self, what):
+        self.before_exit()
+        print(f"train.py: error: {what}; {self.last_checkpoint()}", file=sys.stderr)
+        sys.exit(1)
+
+    def last_checkpoint(self):
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the checkpoint of step {self.saved_step} is intact"
