@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -17,10 +18,21 @@ def fmnist():
     return FMNIST_DEBIAN
 
 
-def train_cli(args, timeout=600):
+def train_cli(args, timeout=600, **kw):
     """train.py in a fresh process, as a user runs it: (return code, stdout, stderr) in a CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, **kw)
+
+
+def start_train(args, **kw):
+    """train.py started in a fresh process and left running: a Popen with text stdout and stderr pipes."""
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def saved(folder, name="checkpoint.pth.tar"):
+    """A file a run saved (its checkpoint by default), read as any user reads it."""
+    return torch.load(os.path.join(folder, name), weights_only=True)
 
 
 def only_run(root):

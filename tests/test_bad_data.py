@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 import train
-from conftest import ROOT, TINY, only_run
+from conftest import ROOT, TINY, only_run, saved, start_train
 from data.datasets import load_dataset
 from data.loader import TrainBatches, eval_batches
 from test_data import random_images, write_idx
 from tools import check_data
-from utils import checkpoint, runlog
+from utils import checkpoint
 
 BROKEN = {"train/a/zz_random.jpg": "random", "train/b/zz_empty.jpg": "empty", "train/b/zz_truncated.jpg": "truncated"}
 
@@ -67,7 +67,7 @@ def test_unreadable_images_are_replaced_listed_and_a_resumed_run_matches(tmp_pat
     assert logs["unreadable"].tolist() == [3, 3, 3, 3]  # every image is met in the first epoch of 27 images
     half, _ = train.main(folder_run(data, tmp_path / "b", "--iters", "6", "--decode", decode))
     resumed, _ = train.main(["--resume", half, "--iters", "12"])
-    a, b = (torch.load(os.path.join(f, checkpoint.CHECKPOINT), weights_only=True) for f in (whole, resumed))
+    a, b = (saved(f) for f in (whole, resumed))
     assert b["step"] == 12
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -96,12 +96,12 @@ def test_too_many_unreadable_images_stop_the_run_with_one_line_and_a_checkpoint(
     assert line.startswith("train.py: error: 3 of the 27 training images cannot be decoded, more than --max_unreadable "
                            "0.05 allows") and f"listed in {folder / 'unreadable.txt'}" in line
     assert "the checkpoint of step 3 is intact" in line
-    assert torch.load(folder / checkpoint.CHECKPOINT, weights_only=True)["step"] == 3
+    assert saved(folder)["step"] == 3
     # repaired: the run continues from its checkpoint
     for name in BROKEN:
         (data / name).write_bytes((data / "train" / "a" / "1.jpg").read_bytes())
     resumed, _ = train.main(["--resume", str(folder)])
-    assert torch.load(os.path.join(resumed, checkpoint.CHECKPOINT), weights_only=True)["step"] == 12
+    assert saved(resumed)["step"] == 12
     assert (folder / "unreadable.txt").read_text() == ""  # repaired files leave the list
     assert pd.read_csv(folder / "logs.csv")["unreadable"].tolist() == [3, 0, 0, 0]
 
@@ -261,7 +261,7 @@ def test_a_held_run_folder_is_refused_naming_its_holder_and_freed_when_the_holde
     proc.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
     proc.wait()
     resumed, _ = train.main(["--resume", folder, "--iters", "4"])
-    assert torch.load(os.path.join(resumed, checkpoint.CHECKPOINT), weights_only=True)["step"] == 4
+    assert saved(resumed)["step"] == 4
     proc = holder(folder)  # train.main released its lock on return: another process can take the folder
     proc.kill()
     proc.wait()
@@ -271,15 +271,12 @@ def test_a_second_launch_of_a_running_job_exits_2_and_the_first_finishes_untouch
     args = TINY[:-6] + ["--width", "0.25", "--iters", "100", "--log_freq", "1", "--save_freq", "2", "--eval_freq", "-1",
                         "--name", "job", "--resume", "auto", "--root", str(tmp_path)]
 
-    def launch(*extra):
-        return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args + list(extra), cwd=ROOT,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first = launch()
+    first = start_train(args)
     deadline = time.time() + 300
     while not list(tmp_path.glob("runs/*/checkpoint.pth.tar")) and time.time() < deadline:
         time.sleep(0.05)
     # launched twice more while it trains: at once, and as a requeued job that waits for it to end (then a new run)
-    second, third = launch(), launch("--lock_wait", "600", "--iters", "2")
+    second, third = start_train(args), start_train(args + ["--lock_wait", "600", "--iters", "2"])
     (_, err), (_, second_err), (third_out, third_err) = (p.communicate(timeout=300) for p in (first, second, third))
     assert first.returncode == 0, err
     assert second.returncode == 2 and second_err.strip().splitlines()[-1].startswith("train.py: error: "), second_err
@@ -291,4 +288,4 @@ def test_a_second_launch_of_a_running_job_exits_2_and_the_first_finishes_untouch
     assert logs["iter"].tolist() == list(range(1, 101))  # one writer: no row twice, none missing
     log = (runs[0] / "log.txt").read_text()
     assert log.count("run folder") == 1 and "resuming" not in log
-    assert torch.load(runs[0] / checkpoint.CHECKPOINT, weights_only=True)["step"] == 100
+    assert saved(runs[0])["step"] == 100

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY, only_run
+from conftest import ROOT, TINY, only_run, saved, start_train
 from test_bad_data import folder_run, image_folder
 from models.losses import info_nce_loss, sinkhorn
 from models.memory import init_memory_bank, spherical_kmeans
@@ -98,18 +98,13 @@ def free_address():
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-def cli(args, **kw):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-
-
 PRETRAIN = ["--problem", "simclr", "--iters", "4", "--log_freq", "2", "--eval_freq", "-1"] + TINY
 
 
 def checkpoint_of(root):
     folders = list((root / "runs").iterdir())
     assert len(folders) == 1, folders  # one run folder, however many processes
-    return str(folders[0]), torch.load(folders[0] / "checkpoint.pth.tar", weights_only=True)
+    return str(folders[0]), saved(folders[0])
 
 
 DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "3", "--head_hidden_dims", "64", "--iters", "8",
@@ -119,7 +114,7 @@ DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "3", "--h
 def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     root = tmp_path / "logs"
     launch = ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()]
-    proc = cli(DCV2 + launch + ["--root", str(root)])
+    proc = start_train(DCV2 + launch + ["--root", str(root)])
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     folder, ckpt = checkpoint_of(root)
@@ -129,7 +124,7 @@ def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     banks = [state["bank_index"] for state in ckpt["rank_state"]]
     assert [len(b) for b in banks] == [256, 256] and sorted(torch.cat(banks).tolist()) == list(range(512))
     assert (ckpt["model"]["_extra_state"]["assignments"] >= 0).all()  # gathered from both ranks
-    proc = cli(["--resume", folder, "--iters", "12"] + launch)
+    proc = start_train(["--resume", folder, "--iters", "12"] + launch)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     _, ckpt = checkpoint_of(root)
@@ -138,7 +133,7 @@ def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
 
 
 def two_nodes(args, address):
-    return [cli(args + ["--dist", "ddp", "--num_proc_per_node", "1", "--world_size", "2", "--node_rank", str(i),
+    return [start_train(args + ["--dist", "ddp", "--num_proc_per_node", "1", "--world_size", "2", "--node_rank", str(i),
                         "--dist_address", address], start_new_session=True) for i in (0, 1)]
 
 
@@ -155,7 +150,7 @@ def test_two_node_launches_make_one_run(tmp_path):
     # NPID's bank is updated with every rank's embeddings: after an epoch no row is left as initialised
     start = init_memory_bank(128, 128, torch.Generator().manual_seed(0))
     assert (ckpt["model"]["_extra_state"]["memory_bank"] != start).any(dim=1).all()
-    proc = cli(["--resume", folder, "--iters", "6"])  # on one process: fresh random streams, same folder
+    proc = start_train(["--resume", folder, "--iters", "6"])  # on one process: fresh random streams, same folder
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert checkpoint_of(root)[1]["step"] == 6
@@ -181,8 +176,8 @@ def test_torchrun_launches_from_its_environment(tmp_path):
 def test_two_processes_list_the_unreadable_images_one_process_meets(tmp_path):
     data = image_folder(tmp_path / "data")
     args = folder_run(data, tmp_path / "one", "--iters", "3", "--workers", "0")
-    one = cli(args)
-    two = cli(folder_run(data, tmp_path / "two", "--iters", "3", "--workers", "0") +
+    one = start_train(args)
+    two = start_train(folder_run(data, tmp_path / "two", "--iters", "3", "--workers", "0") +
               ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()])
     for proc in (one, two):
         out, err = proc.communicate(timeout=300)
@@ -217,7 +212,7 @@ def test_a_killed_node_ends_the_other_within_the_timeout(tmp_path):
 
 def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
     root = tmp_path / "logs"
-    proc = cli(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
+    proc = start_train(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
                            "--dist_address", free_address(), "--root", str(root)])
     wait_for_rows(root, 2, [proc])
     workers = [int(p) for p in subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "multiprocessing.spawn"],
@@ -231,7 +226,7 @@ def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
 
 def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
     root = tmp_path / "logs"
-    proc = cli(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
+    proc = start_train(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
                            "--dist_address", free_address(), "--root", str(root)], start_new_session=True)
     wait_for_rows(root, 2, [proc])
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher and both workers
@@ -245,10 +240,10 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path)
 def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
     args = ["--problem", "eval", "--encoder_ckpt", runs["pre"], "--subset", "512", "--epochs", "10", "--batch_size", "128",
             "--linear_bn", "true", "--knn_k", "20"]
-    one = cli(args + ["--root", str(tmp_path / "one")])
+    one = start_train(args + ["--root", str(tmp_path / "one")])
     out1, err = one.communicate(timeout=300)
     assert one.returncode == 0, err
-    two = cli(args + ["--root", str(tmp_path / "two"), "--dist", "ddp", "--num_proc_per_node", "2",
+    two = start_train(args + ["--root", str(tmp_path / "two"), "--dist", "ddp", "--num_proc_per_node", "2",
                       "--dist_address", free_address()])
     out2, err = two.communicate(timeout=300)
     assert two.returncode == 0, err
@@ -259,7 +254,7 @@ def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
 def test_amp_bf16_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
     args = ["--problem", "simclr", "--iters", "24", "--log_freq", "4", "--amp", "true", "--amp_dtype", "bf16",
             "--eval_freq", "-1", "--root", str(tmp_path)] + TINY[:-4] + ["--opt", "adamw", "--lr", "2e-3", "--workers", "0"]
-    proc = cli(args)
+    proc = start_train(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     logs = pd.read_csv(next(tmp_path.glob("runs/*/logs.csv")))

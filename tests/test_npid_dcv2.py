@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from conftest import TINY, only_run, train_cli as cli
+from conftest import TINY, only_run, saved, train_cli as cli
 
 NPID = ["--problem", "npid", "--num_negatives", "256", "--log_freq", "2", "--lr_schedule", "const"] + TINY
 DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "30", "--kmeans_iters", "3", "--head_hidden_dims", "64",
@@ -34,7 +34,7 @@ def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
     assert first.returncode == 0, first.stderr
     resumed = cli(["--resume", str(only_run(tmp_path / "b")), "--iters", str(total)])
     assert resumed.returncode == 0, resumed.stderr
-    a, b = (torch.load(only_run(tmp_path / r) / "checkpoint.pth.tar", weights_only=True) for r in "ab")
+    a, b = (saved(only_run(tmp_path / r)) for r in "ab")
     for key in a["model"]:
         if key != "_extra_state":
             assert torch.equal(a["model"][key], b["model"][key]), key

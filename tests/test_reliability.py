@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import train
-from conftest import ROOT, TINY, only_run, train_cli as cli
+from conftest import TINY, only_run, saved, start_train, train_cli as cli
 from utils import checkpoint, config
 
 QUICK = TINY + ["--iters", "4", "--log_freq", "2", "--eval_freq", "-1"]
@@ -104,7 +104,7 @@ def test_a_save_that_fails_half_way_keeps_the_last_checkpoint_and_leaves_no_temp
     assert line == (f"train.py: error: no space left on device while writing {folder / checkpoint.CHECKPOINT}; "
                     f"the checkpoint of step 2 is intact")
     monkeypatch.setattr(torch, "save", real_save)
-    assert torch.load(folder / checkpoint.CHECKPOINT, weights_only=True)["step"] == 2
+    assert saved(folder)["step"] == 2
     assert not [f for f in os.listdir(folder) if checkpoint.TMP in f]
 
 
@@ -128,7 +128,7 @@ def test_resume_with_another_optimiser_starts_it_afresh_with_a_warning(tmp_path)
     resumed = cli(["--resume", str(folder), "--opt", "sgd", "--iters", "6"])
     assert resumed.returncode == 0, resumed.stderr
     assert "warning: --opt sgd starts afresh (the checkpoint's optimiser is adamw)" in resumed.stderr
-    ckpt = torch.load(folder / checkpoint.CHECKPOINT, weights_only=True)
+    ckpt = saved(folder)
     assert ckpt["step"] == 6 and ckpt["args"]["opt"] == "sgd"
     assert all(set(s) == {"momentum_buffer"} for s in ckpt["optimizer"]["state"].values())  # SGD's state, not AdamW's
 
@@ -149,8 +149,7 @@ def test_a_machine_without_git_runs_training(tmp_path):
     containers); the run must not depend on it."""
     env = dict(os.environ, PATH=str(tmp_path))  # an empty folder: no git, python by its full path
     env.pop("GIT_PYTHON_REFRESH", None)
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + QUICK + ["--root", str(tmp_path / "logs")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = cli(QUICK + ["--root", str(tmp_path / "logs")], env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (only_run(tmp_path / "logs") / "logs.csv").exists()
 
@@ -158,8 +157,7 @@ def test_a_machine_without_git_runs_training(tmp_path):
 def test_resume_auto_starts_a_run_then_continues_it_after_a_preemption(tmp_path):
     args = QUICK[:-6] + ["--iters", "20", "--log_freq", "1", "--save_freq", "1", "--eval_freq", "-1", "--width", "0.25",
                          "--name", "job", "--resume", "auto", "--root", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_train(args)
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:  # preempt it once a checkpoint exists
         found = list(tmp_path.glob("runs/*/checkpoint.pth.tar"))
@@ -170,12 +168,12 @@ def test_resume_auto_starts_a_run_then_continues_it_after_a_preemption(tmp_path)
     proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM
     folder = only_run(tmp_path)
-    stopped_at = torch.load(folder / checkpoint.CHECKPOINT, weights_only=True)["step"]
+    stopped_at = saved(folder)["step"]
     assert 1 <= stopped_at < 20
     again = cli(args)  # the scheduler restarts the same command
     assert again.returncode == 0, again.stderr
     assert f"resuming {folder} at step {stopped_at}" in again.stdout
-    assert only_run(tmp_path) == folder and torch.load(folder / checkpoint.CHECKPOINT, weights_only=True)["step"] == 20
+    assert only_run(tmp_path) == folder and saved(folder)["step"] == 20
     third = cli(args)  # that run is finished: the same command starts a new one
     assert third.returncode == 0, third.stderr
     assert len(list((tmp_path / "runs").iterdir())) == 2

@@ -2,7 +2,7 @@
 import pandas as pd
 import torch
 
-from conftest import TINY, only_run, train_cli as cli
+from conftest import TINY, only_run, saved, train_cli as cli
 
 SWAV = ["--problem", "swav", "--num_prototypes", "30", "--queue_length", "128", "--epoch_queue_starts", "1",
         "--freeze_prototypes_niters", "4", "--head_hidden_dims", "64", "--eval_freq", "-1", "--log_freq", "4",
@@ -20,8 +20,8 @@ def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):
     folder = only_run(tmp_path / "b")
     resumed = cli(["--resume", str(folder), "--iters", "24"])
     assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(only_run(tmp_path / "a") / "checkpoint.pth.tar", weights_only=True)
-    b = torch.load(folder / "checkpoint.pth.tar", weights_only=True)
+    a = saved(only_run(tmp_path / "a"))
+    b = saved(folder)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert b["rank_state"][0]["queue_filled"] == 128
@@ -33,7 +33,7 @@ def test_prototypes_stay_frozen_for_their_first_steps_with_multi_crop(tmp_path):
                   "--max_scale_crops", "1", "0.3"]
     run = cli(SWAV + multi_crop + ["--iters", "3", "--freeze_prototypes_niters", "3", "--opt", "sgd", "--root", str(tmp_path)])
     assert run.returncode == 0, run.stderr
-    ckpt = torch.load(only_run(tmp_path) / "checkpoint.pth.tar", weights_only=True)
+    ckpt = saved(only_run(tmp_path))
     momentum_buffers = len(ckpt["optimizer"]["state"])  # SGD keeps one for every parameter it has stepped
     trainable = sum(1 for k in ckpt["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert momentum_buffers == trainable - 1  # every parameter but the one prototype layer
@@ -47,7 +47,7 @@ def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
     broken = cli(["--resume", str(folder), "--iters", "8", "--temperature", "1e-40"])  # scores / T overflow float32
     assert broken.returncode == 1
     assert "train.py: error: swav loss is nan at step 4" in broken.stderr
-    dump = torch.load(folder / "nonfinite_step4_rank0.pt", weights_only=True)
+    dump = saved(folder, "nonfinite_step4_rank0.pt")
     assert set(dump) == {"scores", "embeddings", "codes"} and dump["embeddings"].shape == (2 * 64, 128)
     assert (folder / "checkpoint.pth.tar").read_bytes() == before
 
@@ -57,7 +57,7 @@ def test_prototypes_learn_at_their_own_rate(tmp_path):
     import train
     folder, _ = train.main(SWAV + ["--iters", "2", "--freeze_prototypes_niters", "0", "--prototypes_lr_scale", "0.1",
                                    "--root", str(tmp_path)])
-    ckpt = torch.load(f"{folder}/checkpoint.pth.tar", weights_only=True)
+    ckpt = saved(folder)
     groups = ckpt["optimizer"]["param_groups"]
     assert sorted(g["lr_scale"] for g in groups) == [0.1, 1.0, 1.0]
     (scaled,) = [g for g in groups if g["lr_scale"] == 0.1]

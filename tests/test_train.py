@@ -1,8 +1,6 @@
 """train.py end to end on a Fashion-MNIST subset: pretrain, evaluate, resume, and refuse bad input."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import exman
@@ -12,7 +10,7 @@ import torch
 import yaml
 
 import train
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, saved, start_train, train_cli
 
 
 def test_pretrain_writes_an_exman_run_folder(runs):
@@ -28,9 +26,9 @@ def test_pretrain_writes_an_exman_run_folder(runs):
     assert params["problem"] == "simclr" and params["width"] == 0.125 and params["iters"] == 6
     info = exman.Index(runs["root"]).info()
     assert len(info) == 2 and set(info["problem"]) == {"simclr", "eval"}
-    ckpt = torch.load(os.path.join(pre, "checkpoint.pth.tar"), weights_only=True)
+    ckpt = saved(pre)
     assert ckpt["step"] == 6 and ckpt["args"]["problem"] == "simclr"
-    exported = torch.load(os.path.join(pre, "backbone.pth"), weights_only=True)
+    exported = saved(pre, "backbone.pth")
     assert exported["backbone_spec"]["in_channels"] == 1 and "fc.weight" not in exported["backbone"]
 
 
@@ -52,7 +50,7 @@ def test_raw_pixel_and_random_init_baselines(tmp_path):
                             "--epochs", "2", "--batch_size", "128", "--opt", "sgd", "--lr", "0.1", "--knn_k", "20"])
     assert pixels["test_acc1"] > 40
     folder, _ = train.main(["--problem", "simclr", "--iters", "0", "--root", str(tmp_path), "--knn_k", "20"] + TINY)
-    assert torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)["step"] == 0
+    assert saved(folder)["step"] == 0
 
 
 def test_lbfgs_probe_resumed_equals_uninterrupted(tmp_path):
@@ -63,7 +61,7 @@ def test_lbfgs_probe_resumed_equals_uninterrupted(tmp_path):
     whole, metrics = train.main(args + ["--iters", "20", "--root", str(tmp_path / "a")])
     half, _ = train.main(args + ["--iters", "10", "--root", str(tmp_path / "b")])
     resumed, again = train.main(["--resume", half, "--iters", "20"])
-    a, b = final_weights(whole), final_weights(resumed)
+    a, b = saved(whole), saved(resumed)
     assert b["step"] == 20 and b["optimizer"]["state"][0]["n_iter"] == 20
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -72,22 +70,12 @@ def test_lbfgs_probe_resumed_equals_uninterrupted(tmp_path):
     assert (losses.diff().dropna() < 0).all()  # a line search never goes uphill
 
 
-def run_cli(args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, capture_output=True, text=True,
-                          cwd=ROOT, **kw)
-
-
-def final_weights(folder):
-    return torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)
-
-
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     args = ["--problem", "simclr", "--iters", "10", "--log_freq", "1", "--save_freq", "1000", "--width", "0.25",
             "--eval_freq", "-1"] + TINY[:-4] + ["--opt", "lars", "--lr", "0.5", "--warmup", "0.3", "--workers", "0"]
-    whole = run_cli(args + ["--root", str(tmp_path / "a")])
+    whole = train_cli(args + ["--root", str(tmp_path / "a")])
     assert whole.returncode == 0, whole.stderr
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + args + ["--root", str(tmp_path / "b")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_train(args + ["--root", str(tmp_path / "b")])
     csv = None
     while proc.poll() is None:  # interrupt once three steps are logged
         found = list((tmp_path / "b").glob("runs/*/logs.csv"))
@@ -99,12 +87,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert csv is not None and proc.returncode == 128 + signal.SIGINT, err
     folder = str(csv.parent)
-    stopped_at = final_weights(folder)["step"]
+    stopped_at = saved(folder)["step"]
     assert 3 <= stopped_at < 10
     assert f"python train.py --resume {folder}" in out
-    resumed = run_cli(["--resume", folder])
+    resumed = train_cli(["--resume", folder])
     assert resumed.returncode == 0, resumed.stderr
-    a, b = final_weights(str(next((tmp_path / "a").glob("runs/*")))), final_weights(folder)
+    a, b = saved(str(next((tmp_path / "a").glob("runs/*")))), saved(folder)
     assert b["step"] == 10
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
