@@ -102,8 +102,8 @@ class _CropBatches(torch.utils.data.Dataset):
             except UNREADABLE:
                 unreadable.append(source)
                 source = hash((self.seed, epoch, index, attempt)) % len(self.data)
-        raise UserError(f"{STAND_IN_TRIES} images of {self.data.root} in a row cannot be decoded, e.g. "
-                        f"{self.data.paths[source]}: check the folder with python -m tools.check_data")
+        raise UserError(f"{STAND_IN_TRIES} images of {self.data.root} in a row cannot be decoded, the last "
+                        f"{self.data.paths[unreadable[-1]]}: check the folder with python -m tools.check_data")
 
     def __getitem__(self, keys):
         out = [torch.empty(len(keys), size, size, 3, dtype=torch.uint8) for size, _ in self.crops]
