@@ -246,10 +246,41 @@ def train(args):
     return folder, metrics
 
 
+def dry_run(args, sources):
+    """--dry_run: the recipe a launch would train, from the problem built as training builds it (data included,
+    on the CPU); nothing is written. Returns the printed lines."""
+    model, optimizer, _ = build(args, torch.device("cpu"))
+    args, images, procs = model.args, len(model.train_data()), dist.total_procs(args)
+    per_epoch, total = steps_per_epoch(images, args.batch_size), total_steps(args, images)
+    width = max(len(k) for k in vars(args))
+    lines = [f"--{k:{width}s} {v!r:32s} {sources.get(k, 'resolved by the problem')}" for k, v in sorted(vars(args).items())]
+    lines.append(f"data: {args.data}, {images} training images; {procs} processes, {args.batch_size // procs} images "
+                 f"each of a global batch of {args.batch_size}")
+    lines.append(f"steps: {per_epoch} per epoch, {total} in all ({total / per_epoch:g} epochs)")
+    warmup = int(round(args.warmup * total))
+    lr = {name: lr_at(step, total, per_epoch, args) for name, step in
+          (("warm-up start", 0), ("peak", warmup), ("last step", max(0, total - 1)))}
+    lines.append(f"lr ({args.lr_schedule}, --lr {args.lr:g} scaled {args.lr_scaling} to the batch): " +
+                 ", ".join(f"{v:.6g} at {name}" + (f" (step {warmup})" if name == "peak" else "") for name, v in lr.items()))
+    for g in optimizer.param_groups:
+        adapted = "LARS-adapted" if args.opt == "lars" and not g.get("lars_exclude") else "not LARS-adapted"
+        lines.append(f"{args.opt} group: {len(g['params'])} tensors, {sum(p.numel() for p in g['params'])} parameters, "
+                     f"weight decay {g.get('weight_decay', args.weight_decay):g}, lr x {g.get('lr_scale', 1.0):g}, "
+                     f"{adapted}")
+    crops = getattr(model, "augment", None)
+    if crops is not None and not getattr(args, "precompute_features", False):
+        lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in crops.crops))
+    print("\n".join(lines))
+    return lines
+
+
 def main(argv=None):
     try:
-        args = parse_args(argv, PROBLEMS)
+        sources = {}
+        args = parse_args(argv, PROBLEMS, sources)
         check_launch(args)
+        if args.dry_run:
+            return dry_run(args, sources)
         return dist.launch(train, args)
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """train.py end to end on a Fashion-MNIST subset: pretrain, evaluate, resume, and refuse bad input."""
 import os
+import re
 import signal
 import time
 
@@ -208,3 +209,21 @@ def test_configs_list_only_what_differs_from_the_defaults(config):
     values = yaml.safe_load(open(os.path.join(ROOT, "configs", config)))
     defaults = vars(build_parser(values["problem"], train.PROBLEMS).parse_args([]))
     assert [k for k, v in values.items() if k != "problem" and defaults[k] == v] == []
+
+
+def test_dry_run_prints_every_flag_with_its_source_and_the_schedule_and_writes_nothing(tmp_path, capsys):
+    config = os.path.join(ROOT, "configs", "fmnist_simclr.yaml")  # 600 steps, warm-up 0.05, T 0.2, batch 256
+    train.main(["--config", config, "--lr", "0.2", "--dry_run", "true", "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert re.search(r"--lr +0\.2 +command line", out) and re.search(r"--temperature +0\.2 +config", out)
+    assert re.search(r"--knn_k +200 +default", out)
+    assert "steps: 234 per epoch, 600 in all" in out and "0.2 at peak (step 30)" in out
+    assert re.search(r"adamw group: \d+ tensors, \d+ parameters, weight decay 1e-05", out)
+    assert "crops: 20 px at scale 0.2-1 + 20 px at scale 0.2-1" in out
+    assert not (tmp_path / "runs").exists()
+    folder, _ = train.main(TINY + ["--iters", "2", "--eval_freq", "-1", "--root", str(tmp_path)])
+    capsys.readouterr()
+    train.main(["--resume", folder, "--iters", "4", "--dry_run", "true"])
+    out = capsys.readouterr().out
+    assert re.search(r"--width +0\.125 +resumed run", out) and re.search(r"--iters +4 +command line", out)
+    assert saved(folder)["step"] == 2 and len(os.listdir(tmp_path / "runs")) == 1

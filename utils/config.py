@@ -85,6 +85,9 @@ def add_common_args(p):
     g.add_argument("--tmp", type=str2bool, default=False, help="put the run folder in <root>/tmp, outside the index")
     g.add_argument("--resume", default=None, help="run folder or checkpoint to continue, in its own folder; `auto`: "
                    "the newest run named --name in --root if unfinished, else a new run (for preemptible jobs)")
+    g.add_argument("--dry_run", type=str2bool, default=False,
+                   help="print the effective recipe (every flag and where it came from, steps, learning rates, "
+                        "parameter groups, crops) and exit, making no run folder")
     g.add_argument("--lock_wait", type=NONNEGATIVE, default=0,
                    help="seconds to wait for another process that is training the run folder to --resume (0: refuse at once)")
     g.add_argument("--seed", type=Range(int, ge=0, lt=2 ** 31), default=0,
@@ -300,16 +303,19 @@ def lock_wait(known, cfg):
         raise UserError(f"argument --lock_wait: {wait} is not a number of seconds >= 0")
 
 
-def parse_args(argv, problems):
+def parse_args(argv, problems, sources=None):
+    """The flags of a run (see the module's docstring). `sources`, a dict, receives where each flag's value came
+    from: 'command line', 'config', 'resumed run' or 'default'."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = Parser(add_help=False)
-    for flag in ("--problem", "--config", "--resume", "--root", "--name", "--node_rank", "--lock_wait"):
+    for flag in ("--problem", "--config", "--resume", "--root", "--name", "--node_rank", "--lock_wait", "--dry_run"):
         pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
     cfg = read_config(known.config) if known.config else {}
     root = known.root or cfg.get("root") or os.environ.get("EXMAN_PATH", "./logs")
+    dry = str2bool(known.dry_run if known.dry_run is not None else cfg.get("dry_run", False))
     resume = resumable(known.resume, root, known.name or cfg.get("name"), known.problem or cfg.get("problem"),
-                       lock_wait(known, cfg))
+                       None if dry else lock_wait(known, cfg))  # a dry run only reads
     saved = checkpoint.saved_args(resume) if resume else {}
     problem = known.problem or cfg.get("problem") or saved.get("problem") or "simclr"
     if saved and problem != saved["problem"]:
@@ -326,6 +332,12 @@ def parse_args(argv, problems):
         defaults[key] = _convert(action, key, value)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
+    if sources is not None:
+        unset = object()  # argparse fills in defaults only for what the namespace lacks: what changes was typed
+        typed = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
+        for key in vars(args):
+            sources[key] = ("command line" if getattr(typed, key) is not unset else "config" if key in cfg
+                            else "resumed run" if key in defaults else "default")
     args.problem = problem
     args.resume = checkpoint.resolve(resume) if resume else None
     if args.root is None:
