@@ -198,9 +198,21 @@ def test_demo_flags_never_train_the_random_init_backbone(monkeypatch):
     simclr, random_init = (parse_args(argv, train.PROBLEMS) for argv in pretrain_argvs(["--iters", "1000", "--seed", "1"]))
     assert (simclr.iters, simclr.seed, simclr.eval_freq, simclr.amp) == (1000, 1, -1, False)
     assert (random_init.iters, random_init.seed, random_init.name) == (0, 1, "random_init")
-    # on a CPU with native bf16 the demo pretrains under bf16 autocast, unless the user's flags say otherwise
+    # when bf16 is chosen the demo pretrains under bf16 autocast, unless the user's flags say otherwise
     assert parse_args(pretrain_argvs([], bf16=True)[0], train.PROBLEMS).amp is True
     assert parse_args(pretrain_argvs(["--amp", "false"], bf16=True)[0], train.PROBLEMS).amp is False
+
+
+def test_the_demo_picks_the_precision_its_timed_trial_found_faster(monkeypatch, capsys):
+    from tools import demo
+    monkeypatch.setattr(demo, "native_bf16", lambda: False)
+    assert demo.bf16_is_faster(TINY) is False and capsys.readouterr().out == ""  # emulated bf16: no trial
+    monkeypatch.setattr(demo, "native_bf16", lambda: True)  # here the trial runs on any CPU
+    chose = demo.bf16_is_faster(TINY, rounds=1, steps=1)
+    fp32, bf16, which = re.search(r"fp32 (\d+) img/s, bf16 autocast (\d+) img/s: pretraining in (\w+)",
+                                  capsys.readouterr().out).groups()
+    assert chose == (int(bf16) > int(fp32)) or int(bf16) == int(fp32)  # the printed rates are rounded
+    assert which == ("bf16" if chose else "fp32")
 
 
 @pytest.mark.parametrize("config", sorted(os.listdir(os.path.join(ROOT, "configs"))))

@@ -81,12 +81,9 @@ def timed(fn, repeats, device, warmup=True):
 
 # ---------------------------------------------------------------------------------------------- step
 
-def step(argv, warmup=3):
-    """`--steps N` (default 10) is this mode's own flag; the others are train.py's."""
-    steps = 10
-    if "--steps" in argv:
-        at = argv.index("--steps")
-        steps, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
+def step_runner(argv):
+    """(args, device, model, one_step): the problem of train.py's flags `argv`, built as train.py builds it, and a
+    call that takes one optimiser step on a fixed batch of its in-memory data."""
     args = parse_args(argv, train.PROBLEMS)
     device = dist.pick_device(args.device)
     model, optimizer, scaler = train.build(args, device)
@@ -99,9 +96,19 @@ def step(argv, warmup=3):
     idx = (torch.arange(args.batch_size) % len(data.train)).to(data.train.images.device)  # as the loader yields it
     batch = data.train.images[idx], data.train.labels[idx], idx
     counter = iter(range(10 ** 9))
+    return args, device, model, lambda: train.train_step(model, model, optimizer, scaler, batch, next(counter))
+
+
+def step(argv, warmup=3):
+    """`--steps N` (default 10) is this mode's own flag; the others are train.py's."""
+    steps = 10
+    if "--steps" in argv:
+        at = argv.index("--steps")
+        steps, argv = int(argv[at + 1]), argv[:at] + argv[at + 2:]
+    args, device, model, one_step = step_runner(argv)
     for _ in range(warmup - 1):
-        train.train_step(model, model, optimizer, scaler, batch, next(counter))
-    seconds = timed(lambda: train.train_step(model, model, optimizer, scaler, batch, next(counter)), steps, device)
+        one_step()
+    seconds = timed(one_step, steps, device)
     crops = len(model.augment.crops)
     precision = args.amp_dtype if args.amp else "fp32"
     row = (f"step: {args.problem} {args.arch} width {args.width} batch {args.batch_size} x {crops} crops {precision} on "

@@ -8,17 +8,36 @@ import time
 import torch
 
 import train
+from tools.benchmark import step_runner, timed
 
 PRETRAIN, EVAL = "configs/fmnist_simclr.yaml", "configs/fmnist_eval.yaml"
 
 
 def native_bf16():
-    """A CPU run on hardware with bf16 arithmetic (AVX-512 BF16 or AMX): there bf16 autocast makes the demo's step
-    1.45x faster at the same accuracy (docs/benchmarks.md); elsewhere the CPU would emulate it, slowly."""
+    """A CPU run on hardware with bf16 arithmetic (AVX-512 BF16 or AMX); elsewhere the CPU would emulate it, slowly."""
     if torch.cuda.is_available() or not os.path.exists("/proc/cpuinfo"):
         return False
     flags = open("/proc/cpuinfo").read()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_is_faster(argv, rounds=2, steps=3):
+    """Whether the pretraining step of train.py's flags `argv` is faster under bf16 autocast than in fp32, by a timed
+    trial of both, interleaved (a few seconds), on a CPU with native bf16: the flag alone does not tell (the demo's
+    step was 1.45x faster in bf16 on an AMD EPYC, slower on a Xeon with AVX-512 BF16). Prints what it measured."""
+    if not native_bf16():
+        return False
+    args, device, model, one_step = step_runner(argv + ["--amp", "false"])
+    seconds = {False: [], True: []}
+    for _ in range(rounds):
+        for amp in (False, True):
+            model.args.amp = amp  # read by the problem's autocast at every step
+            one_step()  # a warm-up step of this precision
+            seconds[amp].append(timed(one_step, steps, device, warmup=False))
+    fp32, bf16 = (args.batch_size / min(seconds[amp]) for amp in (False, True))
+    print(f"precision trial, best of {rounds}: fp32 {fp32:.0f} img/s, bf16 autocast {bf16:.0f} img/s: pretraining in "
+          f"{'bf16' if bf16 > fp32 else 'fp32'}", flush=True)
+    return bf16 > fp32
 
 
 def pretrain_argvs(extra, bf16=False):
@@ -37,9 +56,8 @@ def main(argv=None):
     for flag in ("--root", "--data_root", "--device", "--seed"):
         pick.add_argument(flag)
     shared = [x for k, v in vars(pick.parse_known_args(extra)[0]).items() if v is not None for x in (f"--{k}", v)]
-    bf16 = native_bf16()
-    if bf16:
-        print("this CPU computes in bf16 natively: pretraining under bf16 autocast (--amp false to turn it off)")
+    chosen = any(a == "--amp" or a.startswith("--amp=") for a in extra)  # the user's --amp wins
+    bf16 = not chosen and bf16_is_faster(["--config", PRETRAIN] + extra)
     simclr_argv, random_init_argv = pretrain_argvs(extra, bf16)
     start = time.time()
     simclr, _ = train.main(simclr_argv)
