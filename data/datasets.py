@@ -123,11 +123,10 @@ def _read_idx(path, kind):
     return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
 
 
-def check_labels(labels, num_classes, where, images=None, count=None):
+def check_labels(labels, num_classes, where, images):
     """Labels in [0, num_classes), one per image: a mismatch would otherwise pair images with the wrong labels."""
-    count = len(images) if images is not None else count
-    if count is not None and len(labels) != count:
-        raise UserError(f"{where}: {len(labels)} labels for {count} images; the files do not belong together")
+    if len(labels) != len(images):
+        raise UserError(f"{where}: {len(labels)} labels for {len(images)} images; the files do not belong together")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{where}: labels from {int(labels.min())} to {int(labels.max())}, outside 0 .. {num_classes - 1}")
 

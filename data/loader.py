@@ -91,6 +91,9 @@ class _CropBatches(torch.utils.data.Dataset):
         """One generator per (seed, epoch, image): the crops do not depend on worker count or resume."""
         return torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFFFFFFFFFF)
 
+    def decode(self, path, gen):
+        return decode_for_crops(path, self.crops, gen)
+
     def readable(self, index, epoch, unreadable, read):
         """(source, read(path, generator)) for image `index`, where source is `index` itself or, when that file
         cannot be decoded, the first readable stand-in of a sequence fixed by (seed, epoch, index): a resumed run
@@ -98,7 +101,7 @@ class _CropBatches(torch.utils.data.Dataset):
         source = index
         for attempt in range(1, STAND_IN_TRIES + 1):
             try:
-                return source, read(self.data.paths[source], self.generator(index, epoch))
+                return source, read(self.data.paths[source], self.generator(index, epoch))  # read(path, generator)
             except UNREADABLE:
                 unreadable.append(source)
                 source = hash((self.seed, epoch, index, attempt)) % len(self.data)
@@ -111,8 +114,7 @@ class _CropBatches(torch.utils.data.Dataset):
             out = [t.share_memory_() for t in out]
         sources, unreadable = [], []
         for j, (index, epoch) in enumerate(keys):
-            source, (img, boxes) = self.readable(index, epoch, unreadable,
-                                                 lambda path, gen: decode_for_crops(path, self.crops, gen))
+            source, (img, boxes) = self.readable(index, epoch, unreadable, self.decode)
             sources.append(source)
             for c, (box, (size, _)) in enumerate(zip(boxes, self.crops)):
                 out[c][j].numpy()[...] = np.asarray(img.resize((size, size), Image.BICUBIC, box=box))
@@ -125,11 +127,11 @@ class _ByteBatches(_CropBatches):
     header's size, as the worker-decode path draws them); the training process decodes and crops. A file whose
     header cannot be read is replaced here; one that fails later, in the decode itself, by `decode_and_crop`."""
 
-    @staticmethod
-    def read(path, gen, crops):
+    def decode(self, path, gen):
+        """(file bytes, crop boxes): the header is read for the image's size, the rest is the device's work."""
         with Image.open(path) as img:
             width, height = img.size
-        boxes = crop_boxes(height, width, crops, gen)
+        boxes = crop_boxes(height, width, self.crops, gen)
         with open(path, "rb") as f:
             data = np.frombuffer(f.read(), np.uint8)
         return data, boxes
@@ -137,7 +139,7 @@ class _ByteBatches(_CropBatches):
     def __getitem__(self, keys):
         files, boxes, sources, unreadable = [], [], [], []
         for index, epoch in keys:
-            source, (data, box) = self.readable(index, epoch, unreadable, lambda p, g: self.read(p, g, self.crops))
+            source, (data, box) = self.readable(index, epoch, unreadable, self.decode)
             files.append(data)
             boxes.append(box)
             sources.append(source)
