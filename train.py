@@ -36,6 +36,8 @@ def check_launch(args):
     procs = dist.total_procs(args)
     if args.batch_size % procs and not PROBLEMS[args.problem].whole_batch_on_every_rank(args):
         raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({procs})")
+    if args.decode == "device" and args.interpolation == "bicubic":
+        raise UserError("--decode device crops by area averaging (roi_align); --interpolation bicubic needs --decode workers")
     if args.sync_bn and procs > 1:
         if device.type == "cpu":
             raise UserError("--sync_bn needs GPUs: torch.nn.SyncBatchNorm has no CPU kernel")

@@ -58,7 +58,7 @@ class FolderData:
     """An ImageFolder: `root/<class>/<image>`. Images are decoded in worker processes; the files in `skip` (a set of
     absolute paths, e.g. the unreadable ones tools.check_data found) are left out."""
 
-    def __init__(self, name, root, image_size=224, skip=frozenset(), classes=None):
+    def __init__(self, name, root, image_size=224, skip=frozenset(), classes=None, interpolation="bilinear"):
         classes = classes or class_folders(root)
         if not classes:
             raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
@@ -75,6 +75,7 @@ class FolderData:
         self.labels = torch.tensor([l for _, l in samples])
         self.num_classes, self.channels, self.image_size = len(classes), 3, image_size
         self.mean, self.std = STATS[name]
+        self.interpolation = interpolation  # of the training crops and the evaluation resize: bilinear or bicubic
 
     def __len__(self):
         return len(self.labels)
@@ -267,7 +268,7 @@ def folder_root(name, root):
     return root
 
 
-def load_folder(name, root, train, skip_list=None):
+def load_folder(name, root, train, skip_list=None, interpolation="bilinear"):
     root = folder_root(name, root)
     split = "train" if train else next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), "val")
     path = os.path.join(root, split)
@@ -281,22 +282,25 @@ def load_folder(name, root, train, skip_list=None):
             raise UserError(f"{name}: {path} and {root}/train hold different class folders ({len(only)} in one only, "
                             f"e.g. {only[0] if only else 'the same names in another order'}); the labels would not match")
     skip = read_image_list(skip_list, root) if skip_list else frozenset()
-    return FolderData(name, path, skip=skip, classes=classes)
+    return FolderData(name, path, skip=skip, classes=classes, interpolation=interpolation)
 
 
-def load_dataset(name, root, split, skip_list=None):
+def load_dataset(name, root, split, skip_list=None, interpolation="bilinear"):
     """split: 'pretrain' (every training image, unlabeled ones too), 'train' (labeled), or 'test'. `skip_list`: a file
-    of images to leave out of a folder dataset."""
+    of images to leave out of a folder dataset; `interpolation`: how a folder dataset's images are resampled."""
     train = split != "test"
     if skip_list and name not in ("imagenet", "folder"):
         raise UserError(f"--skip_images leaves files out of image folders; {name} has none")
+    if interpolation != "bilinear" and name not in ("imagenet", "folder"):
+        raise UserError(f"--interpolation {interpolation} is for image folders; {name}'s images are cropped on the "
+                        f"training device with an antialiased bilinear filter")
     if name == "fmnist":
         return load_fmnist(root, train)
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root or "./datasets", train)
     if name == "stl10":
         return load_stl10(root or "./datasets", split)
-    return load_folder(name, root, train, skip_list)
+    return load_folder(name, root, train, skip_list, interpolation)
 
 
 def fixed_subset(data, size, seed):

@@ -4,14 +4,17 @@ The order of epoch e is one permutation drawn from (seed, e), the same on every 
 batch b is its slice [b*B, (b+1)*B) and rank r takes the r-th equal part of it. A resumed run
 therefore sees exactly the batches the uninterrupted run would have seen.
 """
+import io
 import math
 import os
 import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
+from torchcodec.decoders import decode_jpeg
 
 from data.augment import ASPECT, sample_boxes
 from data.datasets import ArrayData
@@ -19,19 +22,20 @@ from utils import dist
 from utils.checkpoint import write_atomic
 from utils.errors import UserError
 
-# what PIL and torchvision raise for a file they cannot decode: empty, truncated, damaged or not an image at all
+# what PIL and TorchCodec raise for a file they cannot decode: empty, truncated, damaged or not an image at all
 UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # PIL's filters, antialiased when downsampling
 STAND_IN_TRIES = 64
 
 
-def why_unreadable(path, jpeg_decoder=False):
-    """None if the image file decodes in full (and, with `jpeg_decoder`, by torchvision's JPEG decoder, as
-    --decode device decodes it), else the reason it does not."""
+def why_unreadable(path):
+    """None if the image file decodes in full by PIL and, a JPEG, by TorchCodec too (a run may decode it with
+    either), else the reason it does not."""
     try:
         with Image.open(path) as img:
             img.convert("RGB")  # the whole image: a truncated file passes Image.open and fails here
-        if jpeg_decoder and path.lower().endswith((".jpg", ".jpeg")):
-            torchvision.io.decode_jpeg(torchvision.io.read_file(path), mode=torchvision.io.ImageReadMode.RGB)
+        if path.lower().endswith((".jpg", ".jpeg")):
+            decode_jpeg(path, mode="RGB")
     except UNREADABLE as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
@@ -58,27 +62,56 @@ def crop_boxes(height, width, crops, gen):
 
 
 def decode_for_crops(path, crops, gen):
-    """(decoded RGB image, boxes in its pixels) for the crops of one image file.
+    """(pixels, boxes): the decoded RGB image as a uint8 (H, W, 3) tensor and the boxes (x0, y0, x1, y1) of the
+    crops of one image file, in its pixels.
 
     The boxes are drawn from the header's size first, so a JPEG can be decoded at the smallest DCT scale (1/2,
-    1/4, 1/8) that still gives every box at least as many pixels as its crop: the crops come out the same
-    (within JPEG error), from a decode that costs a fraction of the full one.
+    1/4, 1/8) that still gives every box at least as many pixels as its crop (PIL's draft mode): the crops come out
+    the same (within JPEG error), from a decode that costs a fraction of the full one. A JPEG that needs its full
+    size is decoded by TorchCodec (libjpeg-turbo, the same pixels as PIL's, in less time); other formats by PIL.
     """
-    with Image.open(path) as img:
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as img:
         width, height = img.size
         boxes = crop_boxes(height, width, crops, gen)
         room = min(min(w, h) / size for (_, _, w, h), (size, _) in zip(boxes, crops))
-        if img.format == "JPEG" and room >= 2:
-            factor = 2 ** min(3, int(math.log2(room)))
-            img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
-        img = img.convert("RGB")
-    sx, sy = img.width / width, img.height / height
-    return img, [(x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy) for x0, y0, w, h in boxes]
+        if img.format == "JPEG" and room < 2:
+            pixels = decode_jpeg(data, mode="RGB").permute(1, 2, 0)  # (H, W, 3) contiguous: a view back
+        else:
+            if img.format == "JPEG":
+                factor = 2 ** min(3, int(math.log2(room)))
+                img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+            pixels = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8))
+    sx, sy = pixels.shape[1] / width, pixels.shape[0] / height
+    return pixels, [(x0 * sx, y0 * sy, (x0 + w) * sx, (y0 + h) * sy) for x0, y0, w, h in boxes]
+
+
+def resize_crops(pixels, boxes, sizes, interpolation):
+    """The crops of one image: box (x0, y0, x1, y1) of the uint8 (H, W, 3) `pixels` resampled to size x size,
+    (size, size, 3) each.
+
+    bilinear: torch's antialiased uint8 kernel on the box rounded to whole pixels (whole already unless the decode
+    was DCT-scaled): torchvision's resized_crop of a PIL image within a unit of rounding, in about half PIL's time.
+    bicubic: PIL's filter over the exact box.
+    """
+    if interpolation == "bicubic":
+        img = Image.fromarray(pixels.numpy())
+        return [torch.from_numpy(np.array(img.resize((size, size), Image.BICUBIC, box=box)))
+                for box, size in zip(boxes, sizes)]
+    chw = pixels.permute(2, 0, 1)[None]  # a channels-last view: the layout the uint8 kernel is fastest on
+    out = []
+    for (x0, y0, x1, y1), size in zip(boxes, sizes):
+        a, b = round(x0), round(y0)
+        c, d = max(a + 1, round(x1)), max(b + 1, round(y1))
+        crop = F.interpolate(chw[..., b:d, a:c], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(crop[0].permute(1, 2, 0))
+    return out
 
 
 class _CropBatches(torch.utils.data.Dataset):
-    """Worker side of a folder dataset: a whole batch, each image decoded once and cut into its crops (bicubic),
-    written straight into one uint8 (n, size, size, 3) tensor per crop: no per-image tensors, no collate copy.
+    """Worker side of a folder dataset: a whole batch, each image decoded once and cut into its crops
+    (`resize_crops`, the dataset's interpolation), written straight into one uint8 (n, size, size, 3) tensor per crop: no per-image tensors, no collate copy.
     Returns (crops, labels, indices, unreadable): the last, the indices of the files that failed to decode."""
 
     def __init__(self, data, crops, seed):
@@ -114,10 +147,11 @@ class _CropBatches(torch.utils.data.Dataset):
             out = [t.share_memory_() for t in out]
         sources, unreadable = [], []
         for j, (index, epoch) in enumerate(keys):
-            source, (img, boxes) = self.readable(index, epoch, unreadable, self.decode)
+            source, (pixels, boxes) = self.readable(index, epoch, unreadable, self.decode)
             sources.append(source)
-            for c, (box, (size, _)) in enumerate(zip(boxes, self.crops)):
-                out[c][j].numpy()[...] = np.asarray(img.resize((size, size), Image.BICUBIC, box=box))
+            sizes = [size for size, _ in self.crops]
+            for c, crop in enumerate(resize_crops(pixels, boxes, sizes, self.data.interpolation)):
+                out[c][j].copy_(crop)
         indices = torch.tensor([index for index, _ in keys])
         return out, self.data.labels[sources], indices, torch.tensor(unreadable, dtype=torch.long)
 
@@ -154,16 +188,15 @@ def decode_jpegs(files, device):
     """(images, stand_ins): the batch decoded in one call; a file that fails to decode is replaced by the next file
     of the batch that decodes, so one damaged file costs its batch a duplicate. stand_ins maps the position of each
     failed file to its stand-in's."""
-    mode = torchvision.io.ImageReadMode.RGB
     try:
-        return torchvision.io.decode_jpeg(files, mode=mode, device=device), {}
-    except RuntimeError:
+        return decode_jpeg(files, mode="RGB", device=device), {}  # TorchCodec: one nvJPEG call for the batch on CUDA
+    except UNREADABLE:
         pass
     images = []
     for f in files:
         try:
-            images.append(torchvision.io.decode_jpeg(f, mode=mode, device=device))
-        except RuntimeError:
+            images.append(decode_jpeg(f, mode="RGB", device=device))
+        except UNREADABLE:
             images.append(None)
     good = [j for j, img in enumerate(images) if img is not None]
     if not good:
@@ -214,7 +247,7 @@ class _EpochKeys(torch.utils.data.Sampler):
 
 
 class _EvalDataset(torch.utils.data.Dataset):
-    """Resize the short side to size*256/224, centre crop `size`. An image that cannot be decoded is replaced by the
+    """Resize the short side to size*256/224 (the dataset's interpolation), centre crop `size`. An image that cannot be decoded is replaced by the
     next one that can; (image, label, index of the unreadable file or -1)."""
 
     def __init__(self, data, size):
@@ -235,7 +268,8 @@ class _EvalDataset(torch.utils.data.Dataset):
                             f"{self.data.paths[index]}: check the folder with python -m tools.check_data")
         short = round(self.size * 256 / 224)
         scale = short / min(img.size)
-        img = img.resize((max(short, round(img.width * scale)), max(short, round(img.height * scale))), Image.BICUBIC)
+        img = img.resize((max(short, round(img.width * scale)), max(short, round(img.height * scale))),
+                         RESAMPLE[self.data.interpolation])
         left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
         return (_to_uint8(img.crop((left, top, left + self.size, top + self.size))), int(self.data.labels[source]),
                 index if source != index else -1)

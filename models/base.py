@@ -46,7 +46,7 @@ def autocast(args, device):
 def load_data(args, pretrain, device):
     """train (what the loop iterates), test, and knn_train (the labeled training images for kNN), on `device`."""
     def load(split):
-        return load_dataset(args.data, args.data_root, split, args.skip_images)
+        return load_dataset(args.data, args.data_root, split, args.skip_images, args.interpolation)
     train = fixed_subset(load("pretrain" if pretrain else "train"), args.subset, args.seed)
     test = load("test")
     knn_train = train

@@ -1,15 +1,17 @@
-"""The folder pipeline: crop boxes keep RandomResizedCrop's distribution, a reduced JPEG decode gives the crops
-a full decode gives, and batches depend only on (seed, epoch, index), not on worker count or resume."""
+"""The folder pipeline: crop boxes keep RandomResizedCrop's distribution, the crops are torchvision's resized_crop
+within resampling error, a reduced JPEG decode gives the crops a full decode gives, and batches depend only on
+(seed, epoch, index), not on worker count or resume."""
 import math
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from data.datasets import FolderData
-from data.loader import TrainBatches, crop_boxes, decode_for_crops
+from data.loader import TrainBatches, crop_boxes, decode_for_crops, resize_crops
 from tools.benchmark import make_jpeg_folder, natural_image
 
 
@@ -33,18 +35,52 @@ def test_crop_boxes_keep_the_scale_and_aspect_distribution():
     assert (boxes[..., 0] + boxes[..., 2] <= 500).all() and (boxes[..., 1] + boxes[..., 3] <= 375).all()
 
 
+def reference_crops(path, boxes, sizes, interpolation):
+    """torchvision's RandomResizedCrop on a PIL image, given its boxes: resized_crop, antialiased."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+    mode = T.InterpolationMode(interpolation)
+    return [np.asarray(TF.resized_crop(img, int(y0), int(x0), int(h), int(w), [size, size], mode, antialias=True))
+            for (x0, y0, w, h), size in zip(boxes, sizes)]
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_worker_crops_are_torchvisions_resized_crop_within_resampling_error(tmp_path, interpolation):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(natural_image(np.random.default_rng(2), 375, 500)).save(path, quality=90)
+    crops = [(224, (0.14, 1.0))] * 2 + [(96, (0.05, 0.14))] * 6  # boxes below twice the crop: a full decode
+    sizes = [size for size, _ in crops]
+    errors, other_filter = [], []
+    for seed in range(4):
+        pixels, boxes = decode_for_crops(path, crops, torch.Generator().manual_seed(seed))
+        assert pixels.shape == (375, 500, 3) and pixels.dtype == torch.uint8
+        assert np.array_equal(pixels.numpy(), np.asarray(Image.open(path).convert("RGB")))  # TorchCodec = PIL's pixels
+        ref_boxes = crop_boxes(375, 500, crops, torch.Generator().manual_seed(seed))
+        ref = reference_crops(path, ref_boxes, sizes, interpolation)
+        for got, want in zip(resize_crops(pixels, boxes, sizes, interpolation), ref):
+            assert got.shape == want.shape
+            errors.append(np.abs(got.numpy().astype(np.float32) - want).ravel())
+        other = reference_crops(path, ref_boxes, sizes, "bicubic" if interpolation == "bilinear" else "bilinear")
+        other_filter += [np.abs(a.astype(np.float32) - b).ravel() for a, b in zip(other, ref)]
+    diff = np.concatenate(errors)
+    # PIL's box resize reads the pixels around the box for the filter's support, resized_crop cuts first: the two
+    # differ at the crops' edges; torch's uint8 kernel rounds otherwise than PIL's
+    assert diff.mean() < 0.15 and np.percentile(diff, 99.9) <= 3
+    assert np.concatenate(other_filter).mean() > 3 * diff.mean()  # the other filter is well outside that
+
+
 def test_a_reduced_scale_decode_gives_the_crops_of_a_full_decode(tmp_path):
     path = tmp_path / "big.jpg"
     Image.fromarray(natural_image(np.random.default_rng(1), 960, 1280)).save(path, quality=90)
     crops = [(96, (0.3, 1.0))] * 4  # every box is more than twice the crop: a 1/2 (or smaller) decode suffices
     reduced, boxes = decode_for_crops(path, crops, torch.Generator().manual_seed(3))
-    assert reduced.width <= 640  # the DCT scaling was used
-    full = Image.open(path).convert("RGB")
-    full_boxes = crop_boxes(960, 1280, crops, torch.Generator().manual_seed(3))
-    for box, (x0, y0, w, h) in zip(boxes, full_boxes):
-        a = np.asarray(reduced.resize((96, 96), Image.BICUBIC, box=box), np.float32)
-        b = np.asarray(full.resize((96, 96), Image.BICUBIC, box=(x0, y0, x0 + w, y0 + h)), np.float32)
-        assert np.abs(a - b).mean() < 2.5 and np.percentile(np.abs(a - b), 99) < 16  # JPEG-level differences
+    assert reduced.shape[1] <= 640  # the DCT scaling was used
+    full = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())
+    full_boxes = [(x0, y0, x0 + w, y0 + h) for x0, y0, w, h in
+                  crop_boxes(960, 1280, crops, torch.Generator().manual_seed(3))]
+    for a, b in zip(resize_crops(reduced, boxes, [96] * 4, "bilinear"), resize_crops(full, full_boxes, [96] * 4, "bilinear")):
+        diff = (a.float() - b.float()).abs()
+        assert diff.mean() < 2.5 and diff.quantile(0.99) < 16  # JPEG-level differences
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +124,7 @@ def test_decoding_on_the_device_gives_the_worker_decoded_crops_within_resampling
     device = TrainBatches(jpegs, 8, seed=5, device="cpu", crops=CROPS, workers=1, decode="device")
     for (a, la, ia), (b, lb, ib) in zip(workers.epoch(0), device.epoch(0)):
         assert torch.equal(ia, ib) and torch.equal(la, lb)
-        for x, y in zip(a, b):  # same boxes; PIL's bicubic against roi_align's area average
+        for x, y in zip(a, b):  # same boxes; the antialiased bilinear filter against roi_align's area average
             assert x.shape == y.shape and y.dtype == torch.uint8
             diff = (x.float() - y.float()).abs()
             assert diff.mean() < 4 and diff.quantile(0.99) < 40

@@ -157,6 +157,9 @@ BAD = {
                                    "--opt", "lbfgs", "--precompute_features", "false"], "--opt lbfgs needs --precompute_features true"),
     "bank kNN without NPID": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--knn_memory_bank", "true"],
                               "--knn_memory_bank needs --encoder_ckpt"),
+    "bicubic in memory": (lambda d: ["--interpolation", "bicubic"], "--interpolation bicubic is for image folders"),
+    "bicubic on the device": (lambda d: ["--data", "folder", "--data_root", str(d), "--decode", "device",
+                                         "--interpolation", "bicubic"], "--interpolation bicubic needs --decode workers"),
 }
 
 

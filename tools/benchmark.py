@@ -167,15 +167,16 @@ def parse_crops(text):
 
 
 class BaselineMultiCrop(torch.utils.data.Dataset):
-    """The SwAV/VISSL multi-crop dataset: decode with PIL, then per crop RandomResizedCrop (bicubic), flip,
-    ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2, PIL Gaussian blur p 0.5, ToTensor, Normalize."""
+    """The SwAV/VISSL multi-crop dataset: decode with PIL, then per crop RandomResizedCrop (bilinear, torchvision's
+    default and theirs; or bicubic), flip, ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2, PIL Gaussian
+    blur p 0.5, ToTensor, Normalize."""
 
-    def __init__(self, paths, crops):
+    def __init__(self, paths, crops, interpolation="bilinear"):
         import torchvision.transforms as T
         self.paths = paths
         mean, std = STATS["imagenet"]
         self.transforms = [T.Compose([
-            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode(interpolation)),
             T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
             T.RandomGrayscale(p=0.2),
@@ -215,31 +216,34 @@ def loader(argv):
     p.add_argument("--only", choices=["both", "baseline", "repo"], default="both")
     p.add_argument("--decode", choices=["workers", "device"], default="workers", help="the repo's --decode")
     p.add_argument("--device", default="cpu", help="the training device (--decode device decodes there)")
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="the crops' filter, in both pipelines")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_root, "train")):
         make_jpeg_folder(args.data_root, args.images)
-    data = FolderData("imagenet", os.path.join(args.data_root, "train"))
+    data = FolderData("imagenet", os.path.join(args.data_root, "train"), interpolation=args.interpolation)
     needed = (args.batches + 1) * args.batch_size
     if len(data) < needed:
         raise UserError(f"{args.data_root} holds {len(data)} images; {needed} are needed (--batches, --batch_size)")
     crops = parse_crops(args.crops)
-    result = dict(workers=args.workers, crops=args.crops, batch_size=args.batch_size)
+    result = dict(workers=args.workers, crops=args.crops, batch_size=args.batch_size, interpolation=args.interpolation)
     rows = []
     torch.manual_seed(0)
     if args.only in ("both", "baseline"):
-        baseline = torch.utils.data.DataLoader(BaselineMultiCrop(data.paths, crops), batch_size=args.batch_size,
+        baseline = torch.utils.data.DataLoader(BaselineMultiCrop(data.paths, crops, args.interpolation), batch_size=args.batch_size,
                                                shuffle=True, num_workers=args.workers, drop_last=True)
         result["baseline_img_s"] = images_per_second(baseline, args.batch_size, args.batches)
-        rows.append(f"loader: baseline (torchvision PIL transforms per crop), {args.crops}, {args.workers} workers: "
+        rows.append(f"loader: baseline (torchvision PIL transforms per crop, {args.interpolation}), {args.crops}, "
+                    f"{args.workers} workers: "
                     f"{result['baseline_img_s']:.1f} img/s")
     if args.only in ("both", "repo"):
         device = torch.device(args.device)
         batches = TrainBatches(data, args.batch_size, 0, device, crops=crops, workers=args.workers, decode=args.decode)
         result["repo_img_s"] = images_per_second(batches.epoch(0), args.batch_size, args.batches, device)
         how = "decode and crop to uint8 in workers" if args.decode == "workers" else f"decode and crop on {device}"
-        rows.append(f"loader: repo ({how}; colour on the device), {args.crops}, "
+        rows.append(f"loader: repo ({how}, {args.interpolation}; colour on the device), {args.crops}, "
                     f"{args.workers} workers: {result['repo_img_s']:.1f} img/s")
-    if len(result) == 5:
+    if "baseline_img_s" in result and "repo_img_s" in result:
         result["ratio"] = result["repo_img_s"] / result["baseline_img_s"]
         rows.append(f"loader: repo / baseline = {result['ratio']:.2f}")
     return rows, torch.device("cpu"), result

@@ -1,6 +1,7 @@
 """Check a dataset before a long run: python -m tools.check_data --data folder --data_root DIR.
 
-An image folder's train/ and val/ images are each decoded in full, on every core, with a progress bar; the files
+An image folder's train/ and val/ images are each decoded in full (JPEGs by PIL and by TorchCodec, as a run may
+decode them), on every core, with a progress bar; the files
 that fail (empty, truncated, damaged, not images) are written one a line, relative to the data root: the list
 `--skip_images` takes. In-memory datasets (fmnist, cifar10, cifar100, stl10) are read whole, which checks their
 files. The last line says: images, classes, unreadable.
@@ -8,6 +9,7 @@ files. The last line says: images, classes, unreadable.
 import argparse
 import multiprocessing
 import os
+import signal
 import sys
 
 from tqdm import tqdm
@@ -17,21 +19,27 @@ from data.loader import why_unreadable
 from utils.errors import UserError
 
 
-def _check(job):
-    path, jpeg_decoder = job
-    return path, why_unreadable(path, jpeg_decoder)
+def _check(path):
+    return path, why_unreadable(path)
 
 
-def check_folder(paths, workers, jpeg_decoder=False):
+def check_folder(paths, workers):
     """{path: reason} of the files among `paths` that do not decode, using `workers` processes."""
-    jobs = [(p, jpeg_decoder) for p in paths]
-    bar = dict(total=len(jobs), desc="decoding", unit="img", dynamic_ncols=True)
+    bar = dict(total=len(paths), desc="decoding", unit="img", dynamic_ncols=True)
     if workers <= 1:
-        results = map(_check, jobs)
+        results = map(_check, paths)
         return {p: why for p, why in tqdm(results, **bar) if why}
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        results = pool.imap_unordered(_check, jobs, chunksize=32)
-        return {p: why for p, why in tqdm(results, **bar) if why}
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_default_signals) as pool:
+        bad = {p: why for p, why in tqdm(pool.imap_unordered(_check, paths, chunksize=32), **bar) if why}
+        pool.close()  # the workers exit on their own, before the pool's exit terminates them
+        pool.join()
+    return bad
+
+
+def _default_signals():
+    """A forked worker dies of SIGTERM and SIGINT, whatever handlers its parent had set (a training run's)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def main(argv=None):
@@ -39,8 +47,6 @@ def main(argv=None):
     p.add_argument("--data", default="folder", choices=["fmnist", "cifar10", "cifar100", "stl10", "imagenet", "folder"])
     p.add_argument("--data_root", default=None, help="as train.py's --data_root")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: every core)")
-    p.add_argument("--decode", default="workers", choices=["workers", "device"],
-                   help="device: also decode each JPEG with torchvision's decoder, as --decode device does")
     p.add_argument("--out", default="unreadable.txt",
                    help="where to write the unreadable files, one a line relative to the data root")
     args = p.parse_args(argv)
@@ -53,7 +59,7 @@ def main(argv=None):
             return 0
         root = os.path.abspath(folder_root(args.data, args.data_root))
         paths = [os.path.abspath(path) for d in splits.values() for path in d.paths]
-        bad = check_folder(paths, args.workers, args.decode == "device")
+        bad = check_folder(paths, args.workers)
     except UserError as e:
         print(f"check_data: error: {e}", file=sys.stderr)
         return 2

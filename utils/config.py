@@ -106,8 +106,11 @@ def add_common_args(p):
                    help="where the dataset's files are (default: the dataset's usual place)")
     g.add_argument("--subset", type=INT0, default=0, help="train on a fixed random subset of this many images (0: all)")
     g.add_argument("--decode", default="workers", choices=["workers", "device"],
-                   help="folder datasets: workers decode and crop (PIL), or workers only read the JPEG bytes and the "
-                        "training device decodes (nvjpeg on CUDA) and crops (roi_align)")
+                   help="folder datasets: workers decode and crop, or workers only read the JPEG bytes and the "
+                        "training device decodes (TorchCodec: nvJPEG on CUDA) and crops (roi_align, an area average)")
+    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
+                   help="image folders: the filter of the training crops and of the evaluation resize, antialiased; "
+                        "bilinear is torchvision's default, which the SwAV, VISSL and simclr-pytorch recipes use")
     g.add_argument("--skip_images", default=None,
                    help="image folders: a file naming images to leave out, one a line, relative to the data root (as "
                         "tools.check_data and a run's unreadable.txt write them)")
