@@ -110,7 +110,7 @@ def add_common_args(p):
                         "training device decodes (TorchCodec: nvJPEG on CUDA) and crops (roi_align, an area average)")
     g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
                    help="image folders: the filter of the training crops and of the evaluation resize, antialiased; "
-                        "bilinear is torchvision's default, which the SwAV, VISSL and simclr-pytorch recipes use")
+                        "bilinear is torchvision's default, the SwAV and VISSL recipes'; simclr-pytorch's is bicubic")
     g.add_argument("--skip_images", default=None,
                    help="image folders: a file naming images to leave out, one a line, relative to the data root (as "
                         "tools.check_data and a run's unreadable.txt write them)")
