@@ -228,6 +228,9 @@ def train(args):
     else:
         folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
     log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
+    if log and not args.resume:
+        for name, text in model.run_files().items():
+            checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
     if log:
         log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
     run = Run(args, model, net, optimizer, scaler, folder, log, step)

@@ -309,3 +309,62 @@ def fixed_subset(data, size, seed):
         return data
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(order[:size].sort().values)
+
+
+def balanced_subset(labels, fraction, seed):
+    """Sorted indices of a class-balanced `fraction` of the labelled images: of each class's n images,
+    max(1, round(fraction * n)) drawn at random by `seed`, the same whatever the run."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    picked = []
+    for c in labels[labels >= 0].unique().tolist():
+        members = (labels == c).nonzero()[:, 0]
+        take = max(1, round(fraction * len(members)))
+        picked.append(members[torch.randperm(len(members), generator=gen)[:take]])
+    return torch.cat(picked).sort().values
+
+
+def label_subset_lines(data, indices):
+    """The lines of a label-subset file: an image folder's file names (as SimCLR's ImageNet 1% and 10% lists name
+    them), an in-memory dataset's image indices."""
+    if isinstance(data, FolderData):
+        return [os.path.basename(data.paths[i]) for i in indices.tolist()]
+    return [str(i) for i in indices.tolist()]
+
+
+def read_label_subset(path, data):
+    """Sorted indices of the images a label-subset file lists (`label_subset_lines`' format, one a line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--label_subset {path} cannot be read ({type(e).__name__}: {e})")
+    if not names:
+        raise UserError(f"--label_subset {path} lists no image")
+    if isinstance(data, FolderData):
+        where = {}
+        for i, p in enumerate(data.paths):
+            where.setdefault(os.path.basename(p), []).append(i)
+        unknown = [n for n in names if n not in where]
+        if unknown:
+            raise UserError(f"--label_subset {path}: {len(unknown)} of its {len(names)} file names are not training "
+                            f"images of {data.root}, e.g. {unknown[0]}")
+        twice = next((n for n in names if len(where[n]) > 1), None)
+        if twice:
+            raise UserError(f"--label_subset {path} names {twice}, which {len(where[twice])} files of {data.root} are "
+                            f"called: file names do not pick images there")
+        indices = [where[n][0] for n in names]
+    else:
+        if not all(n.isdigit() for n in names):
+            bad = next(n for n in names if not n.isdigit())
+            raise UserError(f"--label_subset {path}: {data.name} images are listed by index, not {bad!r}")
+        indices = [int(n) for n in names]
+        if max(indices) >= len(data):
+            raise UserError(f"--label_subset {path} lists image {max(indices)}; {data.name} has {len(data)} training images")
+    indices = torch.tensor(sorted(set(indices)))
+    labels = data.labels.cpu()
+    missing = sorted(set(labels[labels >= 0].tolist()) - set(labels[indices].tolist()))
+    if missing:
+        raise UserError(f"--label_subset {path} has no image of class {missing[0]}"
+                        f"{f' (nor of {len(missing) - 1} more)' if len(missing) > 1 else ''}: every class needs one")
+    return indices

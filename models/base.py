@@ -117,6 +117,10 @@ class Problem(nn.Module):
     def rank_state(self):
         return {}
 
+    def run_files(self):
+        """{file name: text} written into a new run's folder (the probe's label subset)."""
+        return {}
+
     def features(self):
         """(features, labels) of the labeled training images and of the test images, from the backbone in eval mode."""
         return [extract_features(self.backbone, d, self.device, workers=self.args.workers, autocast=self.autocast)

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.augment import Augment
-from data.datasets import ArrayData
+from data.datasets import ArrayData, balanced_subset, label_subset_lines, read_label_subset
 from models.backbones import build_backbone
 from models.base import Problem, load_data
 from models.heads import head_from_args
@@ -51,6 +51,12 @@ class LinearEval(Problem):
                        help="a non-affine BatchNorm before the linear layer")
         g.add_argument("--knn_memory_bank", type=str2bool, default=False,
                        help="NPID encoders: also kNN of the test embeddings against the run's memory bank (bank_knn_acc1)")
+        g.add_argument("--label_fraction", type=Range(float, gt=0, le=1), default=1.0,
+                       help="train the probe and the kNN memory on a class-balanced fraction of the labelled training "
+                            "images, drawn by --seed (0.01: 1%% of each class); the run lists them in label_subset.txt")
+        g.add_argument("--label_subset", default=None,
+                       help="train on the images this file lists, one a line: file names for image folders (the format "
+                            "of SimCLR's ImageNet 1%% and 10%% lists), indices for in-memory datasets; as label_subset.txt")
         g.add_argument("--eval_only", type=str2bool, default=False,
                        help="no training: score the linear run given by --ckpt")
         g.add_argument("--ckpt", default=None, help="with --eval_only: the linear run folder or checkpoint to score")
@@ -86,7 +92,29 @@ class LinearEval(Problem):
             data_root = saved.get("data_root")
         linear_bn = saved["linear_bn"] if args.eval_only else args.linear_bn  # the probe's shape is the trained run's
         args = argparse.Namespace(**dict(vars(args), data=data, data_root=data_root, linear_bn=linear_bn))
-        return cls(args, load_data(args, pretrain=False, device=device), device, source)
+        data = load_data(args, pretrain=False, device=device)
+        labelled, lines = cls.labelled_images(args, data.train), None
+        if labelled is not None:
+            lines = label_subset_lines(data.train, labelled)
+            data.train = data.knn_train = data.train.subset(labelled.to(data.train.labels.device))
+        model = cls(args, data, device, source)
+        model.label_subset = lines  # written to the run folder as label_subset.txt
+        return model
+
+    @staticmethod
+    def labelled_images(args, train):
+        """Indices of the labelled training images the probe and kNN use: those --label_subset lists, a class-balanced
+        --label_fraction drawn by --seed, or None for all of them."""
+        if args.label_subset and args.label_fraction < 1:
+            raise UserError("--label_subset and --label_fraction both choose the labelled images: give one")
+        if args.label_subset:
+            return read_label_subset(args.label_subset, train)
+        if args.label_fraction < 1:
+            return balanced_subset(train.labels, args.label_fraction, args.seed)
+        return None
+
+    def run_files(self):
+        return {"label_subset.txt": "".join(f"{line}\n" for line in self.label_subset)} if self.label_subset else {}
 
     def __init__(self, args, data, device, source):
         super().__init__(args, data, device)
