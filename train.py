@@ -17,6 +17,7 @@ from data.loader import UnreadableList, steps_per_epoch, total_steps
 from models.base import rank_seed
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
+from models.finetune import FineTune
 from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
@@ -27,7 +28,8 @@ from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
 from utils.stops import Stops
 
-PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2, "eval": LinearEval}
+PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2, "eval": LinearEval,
+            "finetune": FineTune}
 
 
 def check_launch(args):

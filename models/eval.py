@@ -30,6 +30,48 @@ def load_encoder(path):
     return types.SimpleNamespace(spec=spec, weights=weights, args=ckpt["args"], state=ckpt.get("model"))
 
 
+def add_label_args(g):
+    """The flags that choose the labelled training images (the linear probe's and fine-tuning's)."""
+    g.add_argument("--label_fraction", type=Range(float, gt=0, le=1), default=1.0,
+                   help="train on a class-balanced fraction of the labelled training images, drawn by --seed (0.01: "
+                        "1%% of each class), the kNN memory too; the run lists them in label_subset.txt")
+    g.add_argument("--label_subset", default=None,
+                   help="train on the images this file lists, one a line: file names for image folders (the format "
+                        "of SimCLR's ImageNet 1%% and 10%% lists), indices for in-memory datasets; as label_subset.txt")
+
+
+def encoder_data_args(args, saved):
+    """`args` with the data flags the user left unset taken from the flags `saved` of the encoder's run."""
+    data = args.data or saved.get("data", "fmnist")
+    data_root = args.data_root
+    if data_root is None and saved.get("data") == data:
+        data_root = saved.get("data_root")
+    return argparse.Namespace(**dict(vars(args), data=data, data_root=data_root))
+
+
+def take_labelled(args, data):
+    """Keep, as `data.train` and the kNN memory, the labelled images --label_subset lists or a class-balanced
+    --label_fraction of them drawn by --seed. Returns the lines of their label_subset.txt (None: all are kept)."""
+    if args.label_subset and args.label_fraction < 1:
+        raise UserError("--label_subset and --label_fraction both choose the labelled images: give one")
+    if args.label_subset:
+        picked = read_label_subset(args.label_subset, data.train)
+    elif args.label_fraction < 1:
+        picked = balanced_subset(data.train.labels, args.label_fraction, args.seed)
+    else:
+        return None
+    lines = label_subset_lines(data.train, picked)
+    data.train = data.knn_train = data.train.subset(picked.to(data.train.labels.device))
+    return lines
+
+
+def classifier_accuracy(classifier, feats, labels, num_classes):
+    """(top-1, top-5) in % of `classifier` on features `feats`, in eval mode."""
+    with torch.no_grad(), eval_mode(classifier):
+        top5 = classifier(feats).topk(min(5, num_classes), dim=1).indices
+    return 100.0 * (top5[:, 0] == labels).float().mean().item(), 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
+
+
 class FeatureData(ArrayData):
     """Precomputed features in place of images: the loop batches them like any in-memory dataset."""
 
@@ -51,12 +93,7 @@ class LinearEval(Problem):
                        help="a non-affine BatchNorm before the linear layer")
         g.add_argument("--knn_memory_bank", type=str2bool, default=False,
                        help="NPID encoders: also kNN of the test embeddings against the run's memory bank (bank_knn_acc1)")
-        g.add_argument("--label_fraction", type=Range(float, gt=0, le=1), default=1.0,
-                       help="train the probe and the kNN memory on a class-balanced fraction of the labelled training "
-                            "images, drawn by --seed (0.01: 1%% of each class); the run lists them in label_subset.txt")
-        g.add_argument("--label_subset", default=None,
-                       help="train on the images this file lists, one a line: file names for image folders (the format "
-                            "of SimCLR's ImageNet 1%% and 10%% lists), indices for in-memory datasets; as label_subset.txt")
+        add_label_args(g)
         g.add_argument("--eval_only", type=str2bool, default=False,
                        help="no training: score the linear run given by --ckpt")
         g.add_argument("--ckpt", default=None, help="with --eval_only: the linear run folder or checkpoint to score")
@@ -85,33 +122,14 @@ class LinearEval(Problem):
             raise UserError("--problem eval needs --encoder_ckpt (a pretraining run folder or checkpoint, or `pixels`)")
         else:
             source = load_encoder(args.encoder_ckpt)
-        saved = source.args
-        data = args.data or saved.get("data", "fmnist")
-        data_root = args.data_root
-        if data_root is None and saved.get("data") == data:
-            data_root = saved.get("data_root")
-        linear_bn = saved["linear_bn"] if args.eval_only else args.linear_bn  # the probe's shape is the trained run's
-        args = argparse.Namespace(**dict(vars(args), data=data, data_root=data_root, linear_bn=linear_bn))
+        args = encoder_data_args(args, source.args)
+        if args.eval_only:
+            args.linear_bn = source.args["linear_bn"]  # the probe's shape is the trained run's
         data = load_data(args, pretrain=False, device=device)
-        labelled, lines = cls.labelled_images(args, data.train), None
-        if labelled is not None:
-            lines = label_subset_lines(data.train, labelled)
-            data.train = data.knn_train = data.train.subset(labelled.to(data.train.labels.device))
+        lines = take_labelled(args, data)
         model = cls(args, data, device, source)
         model.label_subset = lines  # written to the run folder as label_subset.txt
         return model
-
-    @staticmethod
-    def labelled_images(args, train):
-        """Indices of the labelled training images the probe and kNN use: those --label_subset lists, a class-balanced
-        --label_fraction drawn by --seed, or None for all of them."""
-        if args.label_subset and args.label_fraction < 1:
-            raise UserError("--label_subset and --label_fraction both choose the labelled images: give one")
-        if args.label_subset:
-            return read_label_subset(args.label_subset, train)
-        if args.label_fraction < 1:
-            return balanced_subset(train.labels, args.label_fraction, args.seed)
-        return None
 
     def run_files(self):
         return {"label_subset.txt": "".join(f"{line}\n" for line in self.label_subset)} if self.label_subset else {}
@@ -226,10 +244,7 @@ class LinearEval(Problem):
     @torch.no_grad()
     def evaluate(self):
         train, (test_feats, test_labels) = self.features()
-        with eval_mode(self):
-            top5 = self.classifier(test_feats).topk(min(5, self.data.test.num_classes), dim=1).indices
-        acc1 = 100.0 * (top5[:, 0] == test_labels).float().mean().item()
-        acc5 = 100.0 * (top5 == test_labels[:, None]).any(dim=1).float().mean().item()
+        acc1, acc5 = classifier_accuracy(self.classifier, test_feats, test_labels, self.data.test.num_classes)
         metrics = dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
         if self.memory is not None:
             head, bank, labels = self.memory

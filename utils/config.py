@@ -172,8 +172,8 @@ def add_common_args(p):
     g.add_argument("--knn_t", type=POSITIVE, default=0.07, help="temperature of the kNN vote weights exp(sim/t)")
 
 
-def add_backbone_args(p):
-    g = p.add_argument_group("backbone and head")
+def add_backbone_args(p, head=True):
+    g = p.add_argument_group("backbone and head" if head else "backbone")
     g.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                                                           "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf",
                                                           "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
@@ -190,6 +190,8 @@ def add_backbone_args(p):
     g.add_argument("--regnet_w_m", type=Range(float, gt=1), default=2.09,
                    help="--arch regnet: width multiplier between stages")
     g.add_argument("--regnet_group_width", type=INT1, default=8, help="--arch regnet: group width of the 3x3 convs")
+    if not head:
+        return
     g.add_argument("--head_hidden_dims", type=Range(int, ge=1, also=(-1,)), nargs="*", default=[-1],
                    help="hidden widths of the MLP head; -1 = backbone feature width")
     g.add_argument("--embedding_dim", type=INT1, default=128, help="output width of the head")

@@ -1,0 +1,76 @@
+"""`--problem finetune`: a pretrained backbone and a linear layer, all of it trained on the labelled images (or a
+class-balanced fraction of them, as the semi-supervised protocol of SimCLR and SwAV); `--encoder_ckpt none` trains
+the same recipe from a random initialisation, the supervised baseline."""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data.augment import Augment
+from models.backbones import backbone_spec, build_backbone
+from models.base import Problem, load_data
+from models.eval import add_label_args, classifier_accuracy, encoder_data_args, load_encoder, take_labelled
+from utils import config
+from utils.config import Range
+from utils.errors import UserError
+
+
+class FineTune(Problem):
+    @staticmethod
+    def add_args(p):
+        config.add_backbone_args(p, head=False)
+        g = p.add_argument_group("fine-tuning (--data and --data_root default to the encoder's)")
+        g.add_argument("--encoder_ckpt", default=None,
+                       help="pretrained run folder, checkpoint.pth.tar or backbone.pth whose backbone is fine-tuned; "
+                            "`none`: a random-init backbone of the --arch flags (supervised from scratch)")
+        g.add_argument("--min_scale", type=Range(float, gt=0, le=1), default=0.08,
+                       help="smallest RandomResizedCrop area fraction of the training crops (with a flip: the only "
+                            "augmentation)")
+        add_label_args(g)
+        p.set_defaults(opt="sgd", lr=0.05, epochs=30, weight_decay=0.0, data=None)
+
+    @classmethod
+    def build(cls, args, device):
+        if not args.encoder_ckpt:
+            raise UserError("--problem finetune needs --encoder_ckpt (a pretraining run folder or checkpoint, or `none` "
+                            "to train from a random initialisation)")
+        source = None if args.encoder_ckpt == "none" else load_encoder(args.encoder_ckpt)
+        if source is not None and source.spec is None:
+            raise UserError("--encoder_ckpt pixels has no weights to fine-tune: use `none` for a random-init backbone")
+        args = encoder_data_args(args, source.args if source else {})
+        data = load_data(args, pretrain=False, device=device)
+        lines = take_labelled(args, data)
+        model = cls(args, data, device, source)
+        model.label_subset = lines  # written to the run folder as label_subset.txt
+        return model
+
+    def __init__(self, args, data, device, source):
+        super().__init__(args, data, device)
+        self.backbone_spec = source.spec if source else backbone_spec(args, data.train)
+        if self.backbone_spec["in_channels"] != data.train.channels:
+            raise UserError(f"the encoder takes {self.backbone_spec['in_channels']}-channel images, {args.data} has "
+                            f"{data.train.channels}")
+        self.backbone = build_backbone(self.backbone_spec)
+        if source:
+            try:
+                self.backbone.load_state_dict(source.weights)
+            except RuntimeError as e:
+                raise UserError(f"encoder weights do not fit its architecture: {str(e).splitlines()[0]}")
+        self.classifier = nn.Linear(self.backbone.feat_dim, data.train.num_classes)
+        side = data.train.image_size
+        self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
+                               data.train.channels, colour=False, generator=self.generator("augment"))
+        self.label_subset = None
+
+    def run_files(self):
+        return {"label_subset.txt": "".join(f"{line}\n" for line in self.label_subset)} if self.label_subset else {}
+
+    def forward(self, batch, step):
+        x, y, _ = batch
+        with self.autocast():
+            logits = self.classifier(self.backbone(self.augment(x)[0]))
+        return F.cross_entropy(logits.float(), y), {}, {}
+
+    def evaluate(self):
+        """Top-1 and top-5 of the fine-tuned classifier on the test images, and kNN of its backbone's features."""
+        train, (test_feats, test_labels) = self.features()
+        acc1, acc5 = classifier_accuracy(self.classifier, test_feats, test_labels, self.data.test.num_classes)
+        return dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
