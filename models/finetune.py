@@ -19,8 +19,9 @@ class FineTune(Problem):
         config.add_backbone_args(p, head=False)
         g = p.add_argument_group("fine-tuning (--data and --data_root default to the encoder's)")
         g.add_argument("--encoder_ckpt", default=None,
-                       help="pretrained run folder, checkpoint.pth.tar or backbone.pth whose backbone is fine-tuned; "
-                            "`none`: a random-init backbone of the --arch flags (supervised from scratch)")
+                       help="pretrained run folder, checkpoint.pth.tar or backbone.pth whose backbone (as that run "
+                            "built it) is fine-tuned; `none`: a random-init backbone of the --arch flags (supervised "
+                            "from scratch)")
         g.add_argument("--min_scale", type=Range(float, gt=0, le=1), default=0.08,
                        help="smallest RandomResizedCrop area fraction of the training crops (with a flip: the only "
                             "augmentation)")
