@@ -355,8 +355,8 @@ def read_label_subset(path, data):
                             f"called: file names do not pick images there")
         indices = [where[n][0] for n in names]
     else:
-        if not all(n.isdigit() for n in names):
-            bad = next(n for n in names if not n.isdigit())
+        bad = next((n for n in names if not n.isdigit()), None)
+        if bad is not None:
             raise UserError(f"--label_subset {path}: {data.name} images are listed by index, not {bad!r}")
         indices = [int(n) for n in names]
         if max(indices) >= len(data):

@@ -111,7 +111,8 @@ def resize_crops(pixels, boxes, sizes, interpolation):
 
 class _CropBatches(torch.utils.data.Dataset):
     """Worker side of a folder dataset: a whole batch, each image decoded once and cut into its crops
-    (`resize_crops`, the dataset's interpolation), written straight into one uint8 (n, size, size, 3) tensor per crop: no per-image tensors, no collate copy.
+    (`resize_crops`, the dataset's interpolation), written straight into one uint8 (n, size, size, 3) tensor per
+    crop: no per-image tensors, no collate copy.
     Returns (crops, labels, indices, unreadable): the last, the indices of the files that failed to decode."""
 
     def __init__(self, data, crops, seed):
@@ -145,11 +146,10 @@ class _CropBatches(torch.utils.data.Dataset):
         out = [torch.empty(len(keys), size, size, 3, dtype=torch.uint8) for size, _ in self.crops]
         if torch.utils.data.get_worker_info() is not None:  # in shared memory from the start: sent without a copy
             out = [t.share_memory_() for t in out]
-        sources, unreadable = [], []
+        sources, unreadable, sizes = [], [], [size for size, _ in self.crops]
         for j, (index, epoch) in enumerate(keys):
             source, (pixels, boxes) = self.readable(index, epoch, unreadable, self.decode)
             sources.append(source)
-            sizes = [size for size, _ in self.crops]
             for c, crop in enumerate(resize_crops(pixels, boxes, sizes, self.data.interpolation)):
                 out[c][j].copy_(crop)
         indices = torch.tensor([index for index, _ in keys])

@@ -30,6 +30,20 @@ def load_encoder(path):
     return types.SimpleNamespace(spec=spec, weights=weights, args=ckpt["args"], state=ckpt.get("model"))
 
 
+def encoder_backbone(spec, weights, data, name):
+    """The backbone `spec` describes, for the images of `data` (dataset `name`), with `weights` (None: its random
+    initialisation)."""
+    if spec["in_channels"] != data.channels:
+        raise UserError(f"the encoder takes {spec['in_channels']}-channel images, {name} has {data.channels}")
+    backbone = build_backbone(spec)
+    if weights is not None:
+        try:
+            backbone.load_state_dict(weights)
+        except RuntimeError as e:
+            raise UserError(f"encoder weights do not fit its architecture: {str(e).splitlines()[0]}")
+    return backbone
+
+
 def add_label_args(g):
     """The flags that choose the labelled training images (the linear probe's and fine-tuning's)."""
     g.add_argument("--label_fraction", type=Range(float, gt=0, le=1), default=1.0,
@@ -51,7 +65,7 @@ def encoder_data_args(args, saved):
 
 def take_labelled(args, data):
     """Keep, as `data.train` and the kNN memory, the labelled images --label_subset lists or a class-balanced
-    --label_fraction of them drawn by --seed. Returns the lines of their label_subset.txt (None: all are kept)."""
+    --label_fraction of them drawn by --seed; `data.label_subset` becomes the lines of their label_subset.txt."""
     if args.label_subset and args.label_fraction < 1:
         raise UserError("--label_subset and --label_fraction both choose the labelled images: give one")
     if args.label_subset:
@@ -59,17 +73,17 @@ def take_labelled(args, data):
     elif args.label_fraction < 1:
         picked = balanced_subset(data.train.labels, args.label_fraction, args.seed)
     else:
-        return None
-    lines = label_subset_lines(data.train, picked)
+        return
+    data.label_subset = label_subset_lines(data.train, picked)
     data.train = data.knn_train = data.train.subset(picked.to(data.train.labels.device))
-    return lines
 
 
 def classifier_accuracy(classifier, feats, labels, num_classes):
     """(top-1, top-5) in % of `classifier` on features `feats`, in eval mode."""
     with torch.no_grad(), eval_mode(classifier):
         top5 = classifier(feats).topk(min(5, num_classes), dim=1).indices
-    return 100.0 * (top5[:, 0] == labels).float().mean().item(), 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    acc1 = 100.0 * (top5[:, 0] == labels).float().mean().item()
+    return acc1, 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
 
 
 class FeatureData(ArrayData):
@@ -126,30 +140,19 @@ class LinearEval(Problem):
         if args.eval_only:
             args.linear_bn = source.args["linear_bn"]  # the probe's shape is the trained run's
         data = load_data(args, pretrain=False, device=device)
-        lines = take_labelled(args, data)
-        model = cls(args, data, device, source)
-        model.label_subset = lines  # written to the run folder as label_subset.txt
-        return model
-
-    def run_files(self):
-        return {"label_subset.txt": "".join(f"{line}\n" for line in self.label_subset)} if self.label_subset else {}
+        take_labelled(args, data)
+        return cls(args, data, device, source)
 
     def __init__(self, args, data, device, source):
         super().__init__(args, data, device)
         spec = source.spec or dict(arch="pixels", in_channels=data.train.channels, image_size=data.train.image_size)
-        if spec["in_channels"] != data.train.channels:
-            raise UserError(f"the encoder takes {spec['in_channels']}-channel images, {args.data} has {data.train.channels}")
         if args.opt == "lbfgs" and not args.eval_only:
             if not args.precompute_features:
                 raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
             if args.batch_size != len(data.train):
                 raise UserError(f"--opt lbfgs takes the whole training set as one batch: --batch_size {len(data.train)}")
         self.backbone_spec = spec
-        self.backbone = build_backbone(spec)
-        try:
-            self.backbone.load_state_dict(source.weights)
-        except RuntimeError as e:
-            raise UserError(f"encoder weights do not fit its architecture: {str(e).splitlines()[0]}")
+        self.backbone = encoder_backbone(spec, source.weights, data.train, args.data)
         self.backbone.requires_grad_(False)
         feat_dim = self.backbone.feat_dim
         self.classifier = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False) if args.linear_bn else nn.Identity(),

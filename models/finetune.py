@@ -5,9 +5,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.augment import Augment
-from models.backbones import backbone_spec, build_backbone
+from models.backbones import backbone_spec
 from models.base import Problem, load_data
-from models.eval import add_label_args, classifier_accuracy, encoder_data_args, load_encoder, take_labelled
+from models.eval import (add_label_args, classifier_accuracy, encoder_backbone, encoder_data_args, load_encoder,
+                         take_labelled)
 from utils import config
 from utils.config import Range
 from utils.errors import UserError
@@ -38,31 +39,17 @@ class FineTune(Problem):
             raise UserError("--encoder_ckpt pixels has no weights to fine-tune: use `none` for a random-init backbone")
         args = encoder_data_args(args, source.args if source else {})
         data = load_data(args, pretrain=False, device=device)
-        lines = take_labelled(args, data)
-        model = cls(args, data, device, source)
-        model.label_subset = lines  # written to the run folder as label_subset.txt
-        return model
+        take_labelled(args, data)
+        return cls(args, data, device, source)
 
     def __init__(self, args, data, device, source):
         super().__init__(args, data, device)
         self.backbone_spec = source.spec if source else backbone_spec(args, data.train)
-        if self.backbone_spec["in_channels"] != data.train.channels:
-            raise UserError(f"the encoder takes {self.backbone_spec['in_channels']}-channel images, {args.data} has "
-                            f"{data.train.channels}")
-        self.backbone = build_backbone(self.backbone_spec)
-        if source:
-            try:
-                self.backbone.load_state_dict(source.weights)
-            except RuntimeError as e:
-                raise UserError(f"encoder weights do not fit its architecture: {str(e).splitlines()[0]}")
+        self.backbone = encoder_backbone(self.backbone_spec, source.weights if source else None, data.train, args.data)
         self.classifier = nn.Linear(self.backbone.feat_dim, data.train.num_classes)
         side = data.train.image_size
         self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
                                data.train.channels, colour=False, generator=self.generator("augment"))
-        self.label_subset = None
-
-    def run_files(self):
-        return {"label_subset.txt": "".join(f"{line}\n" for line in self.label_subset)} if self.label_subset else {}
 
     def forward(self, batch, step):
         x, y, _ = batch

@@ -230,12 +230,11 @@ def loader(argv):
     rows = []
     torch.manual_seed(0)
     if args.only in ("both", "baseline"):
-        baseline = torch.utils.data.DataLoader(BaselineMultiCrop(data.paths, crops, args.interpolation), batch_size=args.batch_size,
-                                               shuffle=True, num_workers=args.workers, drop_last=True)
+        baseline = torch.utils.data.DataLoader(BaselineMultiCrop(data.paths, crops, args.interpolation),
+                                               batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True)
         result["baseline_img_s"] = images_per_second(baseline, args.batch_size, args.batches)
         rows.append(f"loader: baseline (torchvision PIL transforms per crop, {args.interpolation}), {args.crops}, "
-                    f"{args.workers} workers: "
-                    f"{result['baseline_img_s']:.1f} img/s")
+                    f"{args.workers} workers: {result['baseline_img_s']:.1f} img/s")
     if args.only in ("both", "repo"):
         device = torch.device(args.device)
         batches = TrainBatches(data, args.batch_size, 0, device, crops=crops, workers=args.workers, decode=args.decode)
