@@ -54,7 +54,8 @@ def load_data(args, pretrain, device):
         knn_train = fixed_subset(load("train"), args.subset, args.seed)
     for d in (train, test, knn_train):
         d.to(device)
-    return types.SimpleNamespace(train=train, test=test, knn_train=knn_train, label_subset=None)
+    return types.SimpleNamespace(train=train, test=test, knn_train=knn_train, label_subset=None,
+                                 validation_subset=None)
 
 
 class Problem(nn.Module):
@@ -119,9 +120,9 @@ class Problem(nn.Module):
 
     def run_files(self):
         """{file name: text} written into a new run's folder: the labelled images of a probe or fine-tuning on a
-        fraction of the labels (`models.eval.take_labelled`)."""
-        lines = self.data.label_subset
-        return {"label_subset.txt": "".join(f"{line}\n" for line in lines)} if lines else {}
+        fraction of the labels, and the held-out images of --validation (`models.eval.take_labelled`)."""
+        files = {"label_subset.txt": self.data.label_subset, "validation.txt": self.data.validation_subset}
+        return {name: "".join(f"{line}\n" for line in lines) for name, lines in files.items() if lines}
 
     def features(self):
         """(features, labels) of the labeled training images and of the test images, from the backbone in eval mode."""

@@ -52,6 +52,10 @@ def add_label_args(g):
     g.add_argument("--label_subset", default=None,
                    help="train on the images this file lists, one a line: file names for image folders (the format "
                         "of SimCLR's ImageNet 1%% and 10%% lists), indices for in-memory datasets; as label_subset.txt")
+    g.add_argument("--validation", type=Range(int, ge=0), default=0,
+                   help="hold out about this many class-balanced training images, none of them labelled ones (drawn by "
+                        "--seed, listed in validation.txt), and report on them in place of the test images (val_acc1, "
+                        "val_knn_acc1, ...): for choosing a recipe without looking at the test set")
 
 
 def encoder_data_args(args, saved):
@@ -65,17 +69,37 @@ def encoder_data_args(args, saved):
 
 def take_labelled(args, data):
     """Keep, as `data.train` and the kNN memory, the labelled images --label_subset lists or a class-balanced
-    --label_fraction of them drawn by --seed; `data.label_subset` becomes the lines of their label_subset.txt."""
+    --label_fraction of them drawn by --seed; `data.label_subset` becomes the lines of their label_subset.txt.
+    With --validation N, about N other training images, class-balanced, replace `data.test`."""
     if args.label_subset and args.label_fraction < 1:
         raise UserError("--label_subset and --label_fraction both choose the labelled images: give one")
+    everything = torch.arange(len(data.train))
     if args.label_subset:
         picked = read_label_subset(args.label_subset, data.train)
     elif args.label_fraction < 1:
         picked = balanced_subset(data.train.labels, args.label_fraction, args.seed)
     else:
-        return
-    data.label_subset = label_subset_lines(data.train, picked)
-    data.train = data.knn_train = data.train.subset(picked.to(data.train.labels.device))
+        picked = everything
+    if args.validation:
+        pool = everything[~torch.isin(everything, picked)] if len(picked) < len(everything) else everything
+        if args.validation >= len(pool):
+            raise UserError(f"--validation {args.validation} leaves no image to train on: {len(pool)} are not "
+                            "labelled ones")
+        held = pool[balanced_subset(data.train.labels.cpu()[pool], args.validation / len(pool), args.seed)]
+        if len(picked) == len(everything):
+            picked = everything[~torch.isin(everything, held)]
+        data.validation_subset = label_subset_lines(data.train, held)
+        data.test = data.train.subset(held.to(data.train.labels.device))
+    if len(picked) < len(everything):
+        data.label_subset = label_subset_lines(data.train, picked)
+        data.train = data.knn_train = data.train.subset(picked.to(data.train.labels.device))
+
+
+def on_validation(args, metrics):
+    """`metrics` of the test images renamed for the held-out training images under --validation (val_acc1, ...)."""
+    if not args.validation:
+        return metrics
+    return {"val_" + k.removeprefix("test_"): v for k, v in metrics.items()}
 
 
 def classifier_accuracy(classifier, feats, labels, num_classes):
@@ -253,4 +277,4 @@ class LinearEval(Problem):
             head, bank, labels = self.memory
             metrics.update(bank_knn(head, bank, labels, (test_feats, test_labels), self.data.test.num_classes,
                                     self.args.knn_k, self.args.knn_t, self.autocast))
-        return metrics
+        return on_validation(self.args, metrics)

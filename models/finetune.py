@@ -8,8 +8,8 @@ from data.augment import Augment
 from models.backbones import backbone_spec
 from models.base import Problem, load_data
 from models.eval import (add_label_args, classifier_accuracy, encoder_backbone, encoder_data_args, load_encoder,
-                         take_labelled)
-from utils import config
+                         on_validation, take_labelled)
+from utils import config, optim
 from utils.config import Range
 from utils.errors import UserError
 
@@ -26,6 +26,9 @@ class FineTune(Problem):
         g.add_argument("--min_scale", type=Range(float, gt=0, le=1), default=0.08,
                        help="smallest RandomResizedCrop area fraction of the training crops (with a flip: the only "
                             "augmentation)")
+        g.add_argument("--backbone_lr_scale", type=Range(float, ge=0), default=1.0,
+                       help="the backbone's learning rate as a factor of the linear layer's (0: a frozen backbone, "
+                            "batch norm statistics still updating)")
         add_label_args(g)
         p.set_defaults(opt="sgd", lr=0.05, epochs=30, weight_decay=0.0, data=None)
 
@@ -51,6 +54,9 @@ class FineTune(Problem):
         self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
                                data.train.channels, colour=False, generator=self.generator("augment"))
 
+    def make_optimizer(self):
+        return optim.build_optimizer(self, self.args, {p: self.args.backbone_lr_scale for p in self.backbone.parameters()})
+
     def forward(self, batch, step):
         x, y, _ = batch
         with self.autocast():
@@ -58,7 +64,9 @@ class FineTune(Problem):
         return F.cross_entropy(logits.float(), y), {}, {}
 
     def evaluate(self):
-        """Top-1 and top-5 of the fine-tuned classifier on the test images, and kNN of its backbone's features."""
+        """Top-1 and top-5 of the fine-tuned classifier on the test (or --validation) images, and kNN of its
+        backbone's features."""
         train, (test_feats, test_labels) = self.features()
         acc1, acc5 = classifier_accuracy(self.classifier, test_feats, test_labels, self.data.test.num_classes)
-        return dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
+        metrics = dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
+        return on_validation(self.args, metrics)

@@ -31,6 +31,17 @@ def test_a_pretrained_backbone_is_tuned_whole_on_a_fraction_of_the_labels(runs, 
     assert fc and {"test_acc1", "test_acc5", "knn_acc1"} <= set(metrics)
 
 
+def test_a_zero_backbone_lr_trains_the_linear_layer_alone(runs, tmp_path):
+    frozen = TUNE + ["--encoder_ckpt", runs["pre"], "--backbone_lr_scale", "0"]
+    init, _ = train.main(frozen + ["--iters", "0", "--root", str(tmp_path / "a")])
+    tuned, _ = train.main(frozen + ["--iters", "6", "--root", str(tmp_path / "b")])
+    before, after = saved(runs["pre"], "backbone.pth")["backbone"], saved(tuned, "backbone.pth")["backbone"]
+    weights = [k for k in before if k.endswith("weight")]
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)
+    fc = "classifier.weight"
+    assert not torch.equal(saved(init)["model"][fc], saved(tuned)["model"][fc])
+
+
 def test_a_resumed_fine_tuning_ends_as_the_uninterrupted_one(tmp_path, fmnist):
     whole, _ = train.main(TUNE + SCRATCH + ["--iters", "12", "--label_fraction", "0.5", "--root", str(tmp_path / "a")])
     part, _ = train.main(TUNE + SCRATCH + ["--iters", "5", "--label_fraction", "0.5", "--root", str(tmp_path / "b")])

@@ -41,6 +41,23 @@ def test_a_probe_on_a_tenth_lists_its_images_and_the_list_trains_the_same_probe(
     assert not os.path.exists(os.path.join(only(tmp_path / "c"), "label_subset.txt"))
 
 
+def test_validation_holds_out_balanced_unlabelled_images_and_scores_on_them(tmp_path, fmnist):
+    folder, metrics = train.main(PROBE + ["--label_fraction", "0.1", "--validation", "300", "--root", str(tmp_path)])
+    labelled = [int(n) for n in open(os.path.join(folder, "label_subset.txt")).read().split()]
+    held = [int(n) for n in open(os.path.join(folder, "validation.txt")).read().split()]
+    assert abs(len(held) - 300) <= 5 and not set(held) & set(labelled) and len(set(held)) == len(held)
+    assert abs(len(labelled) - 200) <= 5  # the labelled images are the ones drawn without --validation
+    again, _ = train.main(PROBE + ["--label_fraction", "0.1", "--root", str(tmp_path / "b")])
+    assert open(os.path.join(again, "label_subset.txt")).read().split() == [str(i) for i in labelled]
+    assert {"val_acc1", "val_acc5", "val_knn_acc1"} <= set(metrics) and not any("test" in k for k in metrics)
+    assert metrics["val_acc1"] > 40  # ten classes: scored on real held-out images, not an empty set
+    # all the labels: the held-out images come out of the training images
+    whole, _ = train.main(PROBE + ["--validation", "500", "--root", str(tmp_path / "c")])
+    rest = {int(n) for n in open(os.path.join(whole, "label_subset.txt")).read().split()}
+    held = {int(n) for n in open(os.path.join(whole, "validation.txt")).read().split()}
+    assert rest | held == set(range(2000)) and not rest & held
+
+
 def only(root):
     (folder,) = (root / "runs").iterdir()
     return folder
@@ -75,6 +92,7 @@ def test_a_bad_folder_list_is_one_clear_error(tmp_path, text, message):
     (["--label_subset", "{d}/names.txt"], "images are listed by index, not 'a.JPEG'"),
     (["--label_subset", "{d}/far.txt"], "lists image 5000; fmnist has 2000 training images"),
     (["--label_subset", "{d}/names.txt", "--label_fraction", "0.1"], "give one"),
+    (["--label_fraction", "0.5", "--validation", "1000"], "--validation 1000 leaves no image to train on"),
 ])
 def test_a_bad_fraction_or_list_is_one_line_and_exit_2(tmp_path, capsys, fmnist, extra, message):
     (tmp_path / "names.txt").write_text("a.JPEG\n")
