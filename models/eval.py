@@ -138,7 +138,7 @@ class LinearEval(Problem):
         opt = find_action(p, "opt")
         opt.choices = opt.choices + ["lbfgs"]
         opt.help = ("optimiser; lbfgs: full-batch L-BFGS on precomputed features, trained to the optimum "
-                    "(--batch_size = the number of training images, one iteration per step)")
+                    "(one iteration per step; the batch is every training image, whatever --batch_size says)")
         p.set_defaults(opt="sgd", lr=0.1, epochs=100, weight_decay=0.0, data=None)  # SGD momentum 0.9 + cosine
 
     @staticmethod
@@ -173,8 +173,7 @@ class LinearEval(Problem):
         if args.opt == "lbfgs" and not args.eval_only:
             if not args.precompute_features:
                 raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
-            if args.batch_size != len(data.train):
-                raise UserError(f"--opt lbfgs takes the whole training set as one batch: --batch_size {len(data.train)}")
+            args.batch_size = len(data.train)  # full batch, whatever the fraction of the labels
         self.backbone_spec = spec
         self.backbone = encoder_backbone(spec, source.weights, data.train, args.data)
         self.backbone.requires_grad_(False)

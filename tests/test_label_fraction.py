@@ -58,6 +58,14 @@ def test_validation_holds_out_balanced_unlabelled_images_and_scores_on_them(tmp_
     assert rest | held == set(range(2000)) and not rest & held
 
 
+def test_the_lbfgs_probe_takes_the_labelled_fraction_as_its_batch(tmp_path, fmnist):
+    folder, metrics = train.main(PROBE + ["--opt", "lbfgs", "--lr", "1", "--lr_scaling", "none", "--iters", "5",
+                                          "--label_fraction", "0.1", "--root", str(tmp_path)])
+    labelled = open(os.path.join(folder, "label_subset.txt")).read().split()
+    params = open(os.path.join(folder, "params.yaml")).read()
+    assert f"batch_size: {len(labelled)}\n" in params and metrics["test_acc1"] > 40
+
+
 def only(root):
     (folder,) = (root / "runs").iterdir()
     return folder

@@ -151,8 +151,6 @@ BAD = {
                            "--crops_for_mb [0, 2] names crops beyond the 2 there are"),
     "lbfgs pretraining": (lambda d: ["--subset", "256", "--arch", "resnet18", "--width", "0.125", "--opt", "lbfgs"],
                           "argument --opt: invalid choice: 'lbfgs'"),
-    "lbfgs minibatch": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "100", "--batch_size", "50",
-                                   "--opt", "lbfgs"], "--opt lbfgs takes the whole training set as one batch: --batch_size 100"),
     "lbfgs augmented": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "100", "--batch_size", "100",
                                    "--opt", "lbfgs", "--precompute_features", "false"], "--opt lbfgs needs --precompute_features true"),
     "bank kNN without NPID": (lambda d: ["--problem", "eval", "--encoder_ckpt", "pixels", "--knn_memory_bank", "true"],

@@ -1,17 +1,20 @@
-"""Fashion-MNIST results of every method: python -m tools.results [--methods simclr swav npid dcv2 random pixels].
+"""Fashion-MNIST results of every method over seeds: python -m tools.results [--methods ...] [--seeds 0 1 2].
 
-Each method pretrains its `configs/fmnist_<method>.yaml` (under bf16 autocast on CPUs with native bf16, as the
-demo does) with the kNN monitor every --eval_every steps, then `configs/fmnist_eval.yaml` probes its backbone;
-`random` is the SimCLR config with no steps and `pixels` probes the raw images. Each finished method is saved to
-<root>/results/<method>.json, so a re-run skips it (unless its config or flags changed) and continues an
-interrupted pretraining from its last checkpoint. At the end the table (the methods run, and the finished,
-current results of the others) replaces the one between the markers of docs/results.md and README.md, and one
-figure of kNN accuracy and training loss against pretraining time goes to docs/results_fmnist.png.
+For each method and seed: pretrain its `configs/fmnist_<method>.yaml` (under bf16 autocast on CPUs with native
+bf16, as the demo does) with the kNN monitor every --eval_every steps; probe the backbone with
+`configs/fmnist_eval.yaml` on all the labels and on each --fractions of them; fine-tune it on each fraction with
+`configs/fmnist_finetune_<1|10>pct.yaml` (bf16 too). `random` is the SimCLR config with no steps (its fine-tuning is training from
+scratch) and `pixels` probes the raw images. Every finished step is saved in <results>/<method>_seed<S>.json with
+a fingerprint of its configs and flags, so a re-run skips it (unless they changed) and an interrupted pretraining
+continues from its last checkpoint. At the end the tables (mean ± std over the seeds of the methods run and of the
+others' finished, current results) replace the ones between the markers of docs/results.md and README.md, and a
+figure of the kNN curves and of every seed's figures goes to docs/results_fmnist.png.
 """
 import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import shlex
 
@@ -32,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"simclr": "SimCLR", "swav": "SwAV", "npid": "NPID", "dcv2": "DeepCluster-v2",
            "random": "random-init backbone", "pixels": "raw pixels"}
 PROBE = "configs/fmnist_eval.yaml"
+FINETUNE = {0.01: "configs/fmnist_finetune_1pct.yaml", 0.1: "configs/fmnist_finetune_10pct.yaml"}  # per fraction
 BEGIN, END = "<!-- results table: python -m tools.results -->", "<!-- end of results table -->"
 
 
@@ -44,10 +48,13 @@ def read(path):
         return f.read()
 
 
-def fingerprint(method, pretrain_flags, probe_flags):
-    """What a saved result was made from: a changed config or flag makes it stale."""
-    text = "".join(read(os.path.join(ROOT, path)) for path in (config_of(method), PROBE) if path)
-    return hashlib.sha256(json.dumps([text, pretrain_flags, probe_flags]).encode()).hexdigest()[:16]
+def fingerprint(*parts):
+    """What a saved step was made from (config texts, flags, the step it builds on): a change makes it stale."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def config_text(path):
+    return read(os.path.join(ROOT, path)) if path else ""
 
 
 def step_minutes(rows, batch_size):
@@ -57,62 +64,112 @@ def step_minutes(rows, batch_size):
     return (steps * batch_size / rate).fillna(0).cumsum() / 60, steps
 
 
+def train_batch_size(folder):
+    with open(os.path.join(folder, "params.yaml")) as f:
+        return yaml.safe_load(f)["batch_size"]
+
+
+def curves(folder):
+    """The kNN and loss curves of a pretraining run as {"knn": [[minutes, %], ...], "loss": [[minutes, loss], ...]},
+    the time counting optimiser steps only (the kNN monitor excluded)."""
+    rows = pd.read_csv(os.path.join(folder, "logs.csv"))
+    minutes, _ = step_minutes(rows, train_batch_size(folder))
+    out = {}
+    for key, column in (("knn", "knn_acc1"), ("loss", "train_loss")):
+        values = rows[column] if column in rows else pd.Series(float("nan"), index=rows.index)
+        out[key] = [[float(t), float(v)] for t, v in zip(minutes[values.notna()], values[values.notna()])]
+    return out
+
+
 def pretraining_time(folder):
-    """(minutes, img/s) of the optimiser steps alone (the kNN monitor excluded), from the run's logs.csv."""
+    """(minutes, img/s) of the optimiser steps alone, from the run's logs.csv."""
     batch = train_batch_size(folder)
     minutes, steps = step_minutes(pd.read_csv(os.path.join(folder, "logs.csv")), batch)
     total = float(minutes.iloc[-1]) if len(minutes) else 0.0
     return total, (float(steps.sum()) * batch / (total * 60) if total else None)
 
 
-def pretrain(method, root, flags, eval_every, bf16):
-    """The pretraining run's folder; continues the newest unfinished one of this method when there is one."""
-    argv = ["--config", config_of(method), "--root", root, "--name", f"results_{method}", "--resume", "auto"]
-    argv += ["--eval_freq", str(eval_every)] + (["--amp", "true"] if bf16 else []) + flags
-    if method == "random":
-        argv += ["--iters", "0", "--eval_freq", "-1"]
-    folder, _ = train.main(argv)
-    return folder
+class Result:
+    """The saved steps of one method and seed: {step name: {"fingerprint": ..., values...}} in a json file."""
+
+    def __init__(self, method, seed, args):
+        self.method, self.seed, self.args = method, seed, args
+        self.path = os.path.join(args.results, f"{method}_seed{seed}.json")
+        self.steps = json.loads(read(self.path)) if os.path.exists(self.path) else {}
+        self.ran = 0
+
+    def step(self, name, key, make):
+        """The values of step `name`: saved ones when made from `key`, else make() run and saved."""
+        saved = self.steps.get(name)
+        if saved and saved.get("fingerprint") == key:
+            return saved
+        values = dict(make(), fingerprint=key, commit=commit(), date=str(datetime.date.today()),
+                      device=machine(dist.pick_device(self.args.device)))
+        self.steps[name] = values
+        self.ran += 1
+        save_json(self.path, self.steps)
+        return values
+
+    def current(self, name, key):
+        saved = self.steps.get(name)
+        return saved if saved and saved.get("fingerprint") == key else None
 
 
-def result_path(method, args):
-    return os.path.join(args.root, "results", f"{method}.json")
+def keys(method, seed, args, bf16):
+    """The fingerprint of every step of `method` and `seed`: {step name: key}."""
+    pre = fingerprint(config_text(config_of(method)), args.pretrain_flags, seed, bf16, args.eval_every)
+    out = {} if method == "pixels" else {"pretraining": pre}
+    out["probe"] = fingerprint(pre, config_text(PROBE), args.probe_flags, seed)
+    for f in args.fractions:
+        out[f"probe {f:g}"] = fingerprint(pre, config_text(PROBE), args.probe_flags, seed, f)
+        if method != "pixels":
+            out[f"finetune {f:g}"] = fingerprint(pre, config_text(FINETUNE[f]), args.finetune_flags, seed, f, bf16)
+    return out
 
 
-def saved_result(method, args):
-    """The saved result of `method` if made from the current config and flags ("linear" in it once finished);
-    otherwise a fresh start holding only the current fingerprint."""
-    path = result_path(method, args)
-    saved = json.loads(read(path)) if os.path.exists(path) else {}
-    key = fingerprint(method, args.pretrain_flags, args.probe_flags)
-    return saved if saved.get("fingerprint") == key else dict(fingerprint=key)
+def run_method(method, seed, args, bf16):
+    """Pretrain, probe and fine-tune `method` with `seed` (each step skipped when saved); its Result."""
+    r, key = Result(method, seed, args), keys(method, seed, args, bf16)
+    seed_flags = ["--seed", str(seed)]
+    encoder = "pixels"
+    if method != "pixels":
+        def pretrain():
+            argv = ["--config", config_of(method), "--root", args.root, "--name", f"results_{method}_seed{seed}",
+                    "--resume", "auto", "--eval_freq", str(args.eval_every)] + (["--amp", "true"] if bf16 else [])
+            argv += seed_flags + args.pretrain_flags
+            if method == "random":
+                argv += ["--iters", "0", "--eval_freq", "-1"]
+            folder, _ = train.main(argv)
+            if method == "random":  # no step, no logs.csv
+                return dict(folder=folder, minutes=0.0, img_per_s=None, amp=bf16, curves=None)
+            minutes, rate = pretraining_time(folder)
+            return dict(folder=folder, minutes=minutes, img_per_s=rate, amp=bf16, curves=curves(folder))
+        encoder = r.step("pretraining", key["pretraining"], pretrain)["folder"]
 
+    def probe(fraction):
+        def make():
+            extra = [] if fraction == 1 else ["--label_fraction", str(fraction)]
+            folder, metrics = train.main(["--config", PROBE, "--root", args.root, "--name", f"results_{method}_probe",
+                                          "--encoder_ckpt", encoder] + seed_flags + args.probe_flags + extra)
+            return dict(folder=folder, linear=metrics["test_acc1"], knn=metrics["knn_acc1"])
+        return make
 
-def run_method(method, args, bf16):
-    """Pretrain and probe `method`, or read its saved result; the result as a dict."""
-    path = result_path(method, args)
-    saved = saved_result(method, args)
-    if "linear" in saved:
-        print(f"{method}: done before, {path}")
-        return saved
-    if method != "pixels" and "pretraining" not in saved:
-        folder = pretrain(method, args.root, args.pretrain_flags, args.eval_every, bf16)
-        minutes, rate = (0.0, None) if method == "random" else pretraining_time(folder)
-        saved.update(pretraining=folder, minutes=minutes, img_per_s=rate, amp=bf16)
-        save_json(path, saved)  # a stop during the probe keeps the pretraining
-    encoder = saved.get("pretraining", "pixels")
-    folder, metrics = train.main(["--config", PROBE, "--root", args.root, "--name", f"results_{method}_probe",
-                                  "--encoder_ckpt", encoder] + args.probe_flags)
-    saved.update(method=method, config=config_of(method), probe=folder, linear=metrics["test_acc1"],
-                 knn=metrics["knn_acc1"], commit=commit(), date=str(datetime.date.today()),
-                 device=machine(dist.pick_device(args.device)))
-    save_json(path, saved)
-    return saved
+    def finetune(fraction):
+        def make():
+            folder, metrics = train.main(["--config", FINETUNE[fraction], "--root", args.root, "--name",
+                                          f"results_{method}_finetune", "--encoder_ckpt", encoder,
+                                          "--label_fraction", str(fraction)] + (["--amp", "true"] if bf16 else [])
+                                         + seed_flags + args.finetune_flags)
+            return dict(folder=folder, top1=metrics["test_acc1"])
+        return make
 
-
-def train_batch_size(folder):
-    with open(os.path.join(folder, "params.yaml")) as f:
-        return yaml.safe_load(f)["batch_size"]
+    r.step("probe", key["probe"], probe(1))
+    for f in args.fractions:
+        r.step(f"probe {f:g}", key[f"probe {f:g}"], probe(f))
+        if method != "pixels":
+            r.step(f"finetune {f:g}", key[f"finetune {f:g}"], finetune(f))
+    print(f"{method} seed {seed}: " + ("done before, " if not r.ran else f"{r.ran} steps run, ") + r.path)
+    return r
 
 
 def save_json(path, value):
@@ -121,20 +178,65 @@ def save_json(path, value):
     write_atomic(path, lambda f: f.write(text))
 
 
-def table(results):
-    """The markdown table of the results, one row per method."""
-    lines = ["| method | config | pretraining (min) | img/s | linear | kNN | commit | date | device |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        config = f"`{os.path.basename(r['config'])}`" if r["config"] else "none"
-        if r["method"] == "random":
+def columns(fractions):
+    """(column title, step name, value key) of the table's figures."""
+    cols = [("linear", "probe", "linear"), ("kNN", "probe", "knn")]
+    for f in fractions:
+        cols += [(f"linear {f:.0%}", f"probe {f:g}", "linear"), (f"fine-tuned {f:.0%}", f"finetune {f:g}", "top1")]
+    return cols
+
+
+def gather(method, seeds, args, bf16):
+    """{column title: [value of each seed with it]} and the seeds' steps, from the current saved results."""
+    values, steps = {}, []
+    for seed in seeds:
+        r, key = Result(method, seed, args), keys(method, seed, args, bf16)
+        current = {name: r.current(name, k) for name, k in key.items()}
+        if not current["probe"]:
+            continue
+        steps.append(current)
+        for title, name, field in columns(args.fractions):
+            if current.get(name):
+                values.setdefault(title, []).append(current[name][field])
+    return values, steps
+
+
+def mean_std(values):
+    """'mean ± std' (the sample standard deviation) of a list of figures; the figure alone for one; '' for none."""
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def tables(rows, fractions):
+    """The markdown tables: the pretraining and full-label figures, then the label fractions'."""
+    main = ["| method | config | pretraining (min) | img/s | seeds | linear | kNN | commit | date | device |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    frac_cols = [c[0] for c in columns(fractions)[2:]]
+    few = ["| method (test top-1, %) | " + " | ".join(frac_cols) + " |", "|---" * (len(frac_cols) + 1) + "|"]
+    for method, values, steps in rows:
+        config = f"`{os.path.basename(config_of(method))}`" if config_of(method) else "none"
+        pre = [s["pretraining"] for s in steps if s.get("pretraining")]
+        minutes = [p["minutes"] for p in pre if p["minutes"]]
+        time = f"{sum(minutes) / len(minutes):.1f}" + (" (bf16)" if pre[0]["amp"] else "") if minutes else ""
+        rates = [p["img_per_s"] for p in pre if p["img_per_s"]]
+        rate = f"{sum(rates) / len(rates):.0f}" if rates else ""
+        if method == "random":
             config += " `--iters 0`"
-        minutes = f"{r['minutes']:.1f}" if r.get("minutes") else ""
-        rate = f"{r['img_per_s']:.0f}" if r.get("minutes") else ""
-        precision = " (bf16)" if r.get("amp") and r.get("minutes") else ""
-        lines.append(f"| {METHODS[r['method']]} | {config} | {minutes}{precision} | {rate} | {r['linear']:.2f} | "
-                     f"{r['knn']:.2f} | {r['commit']} | {r['date']} | {r['device']} |")
-    return "\n".join(lines) + "\n"
+        made = [v for s in steps for v in s.values() if v]
+        stamp = [" ".join(sorted({v[k] for v in made})) for k in ("commit", "date", "device")]
+        main.append(f"| {METHODS[method]} | {config} | {time} | {rate} | {len(steps)} | {mean_std(values['linear'])} | "
+                    f"{mean_std(values['kNN'])} | " + " | ".join(stamp) + " |")
+        name = METHODS[method] + (" (fine-tuned: from scratch)" if method == "random" else "")
+        few.append(f"| {name} | " + " | ".join(mean_std(values.get(c, [])) for c in frac_cols) + " |")
+    text = "\n".join(main) + "\n"
+    if fractions:
+        text += "\nOn a class-balanced fraction of the labels, drawn by each seed:\n\n" + "\n".join(few) + "\n"
+    return text
 
 
 def replace_table(path, text):
@@ -151,32 +253,38 @@ def replace_table(path, text):
     return True
 
 
-def curves(folder):
-    """(minutes, kNN) and (minutes, loss) of a pretraining run, the time counting optimiser steps only."""
-    rows = pd.read_csv(os.path.join(folder, "logs.csv"))
-    minutes, _ = step_minutes(rows, train_batch_size(folder))
-    knn = rows["knn_acc1"] if "knn_acc1" in rows else pd.Series(float("nan"), index=rows.index)
-    loss = rows["train_loss"] if "train_loss" in rows else pd.Series(float("nan"), index=rows.index)
-    return (minutes[knn.notna()], knn[knn.notna()]), (minutes[loss.notna()], loss[loss.notna()])
-
-
-def plot(results, path):
-    fig, (ax_knn, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
-        if not r.get("minutes"):
-            if r["method"] in ("random", "pixels"):
-                ax_knn.axhline(r["knn"], ls=":", color="gray" if r["method"] == "random" else "black", lw=1,
-                               label=f"{METHODS[r['method']]} ({r['knn']:.1f})")
-            continue
-        (t_knn, knn), (t_loss, loss) = curves(r["pretraining"])
-        line, = ax_knn.plot(t_knn, knn, marker="o", label=f"{METHODS[r['method']]} ({r['knn']:.1f})")
-        ax_loss.plot(t_loss, loss, color=line.get_color(), label=METHODS[r["method"]])
+def plot(rows, fractions, path):
+    """kNN monitor curves (every seed), losses, and every seed's figure of each column with the mean."""
+    fig, (ax_knn, ax_loss, ax_spread) = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw=dict(width_ratios=[1, 1, 1.4]))
+    cols = [c[0] for c in columns(fractions)]
+    width = 0.8 / len(rows)
+    for i, (method, values, steps) in enumerate(rows):
+        color = f"C{i}"
+        for j, s in enumerate(steps):
+            pre = s.get("pretraining")
+            if pre and pre["minutes"]:
+                label = METHODS[method] if j == 0 else None
+                ax_knn.plot(*zip(*pre["curves"]["knn"]), marker="o", ms=3, color=color, label=label, lw=1)
+                ax_loss.plot(*zip(*pre["curves"]["loss"]), color=color, label=label, lw=1)
+        if method in ("random", "pixels") and values.get("kNN"):
+            mean = sum(values["kNN"]) / len(values["kNN"])
+            ax_knn.axhline(mean, ls=":", color=color, lw=1, label=f"{METHODS[method]} ({mean:.1f})")
+        for c, title in enumerate(cols):
+            v = values.get(title, [])
+            if not v:
+                continue
+            x = c + (i - (len(rows) - 1) / 2) * width
+            ax_spread.scatter([x] * len(v), v, s=8, color=color, label=METHODS[method] if c == 0 else None)
+            ax_spread.hlines(sum(v) / len(v), x - width / 2, x + width / 2, color=color)
     ax_knn.set(xlabel="pretraining minutes", ylabel="kNN top-1 (%), Fashion-MNIST test", title="kNN monitor")
     ax_loss.set(xlabel="pretraining minutes", ylabel="training loss", yscale="log", title="loss (each method its own)")
-    for ax in (ax_knn, ax_loss):
+    ax_spread.set(xticks=range(len(cols)), xticklabels=cols, ylabel="test top-1 (%)",
+                  title="every seed (dots) and their mean (bar)")
+    ax_spread.tick_params(axis="x", labelsize=8)
+    for ax in (ax_knn, ax_loss, ax_spread):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -185,35 +293,50 @@ def plot(results, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    p.add_argument("--root", default=os.path.join(ROOT, "logs"), help="exman root of the runs; results/ holds the saved results")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="a run of every step for each seed")
+    p.add_argument("--fractions", nargs="*", type=float, choices=list(FINETUNE), default=list(FINETUNE),
+                   help="fractions of the labels for the probe and fine-tuning, each with its fine-tuning config "
+                        "(none: all the labels only)")
+    p.add_argument("--root", default=os.path.join(ROOT, "logs"), help="exman root of the runs")
+    p.add_argument("--results", default=os.path.join(ROOT, "docs", "results_fmnist"),
+                   help="folder of the saved results (<method>_seed<S>.json) the tables are made from")
+    p.add_argument("--data_root", default=None, help="Fashion-MNIST's folder, if not the Debian package's")
     p.add_argument("--eval_every", type=int, default=400, help="steps between kNN evaluations while pretraining")
     p.add_argument("--pretrain_flags", type=shlex.split, default=[], help='extra train.py flags for every pretraining, '
                    'e.g. "--iters 100"')
     p.add_argument("--probe_flags", type=shlex.split, default=[], help="extra train.py flags for every probe")
+    p.add_argument("--finetune_flags", type=shlex.split, default=[], help="extra train.py flags for every fine-tuning")
     p.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
                    help="bf16 autocast while pretraining; auto: on CPUs with native bf16")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
     p.add_argument("--table", nargs="*", default=[os.path.join(ROOT, "docs", "results.md"), os.path.join(ROOT, "README.md")],
-                   help="files whose results table (between the markers) is replaced")
+                   help="files whose results tables (between the markers) are replaced")
     p.add_argument("--plot", default=os.path.join(ROOT, "docs", "results_fmnist.png"), help="the figure's path")
     args = p.parse_args(argv)
+    if args.data_root:
+        args.pretrain_flags = ["--data_root", args.data_root] + args.pretrain_flags
+        args.probe_flags = ["--data_root", args.data_root] + args.probe_flags
+        args.finetune_flags = ["--data_root", args.data_root] + args.finetune_flags
     if args.device:
-        args.pretrain_flags = ["--device", args.device] + args.pretrain_flags
-        args.probe_flags = ["--device", args.device] + args.probe_flags
+        for name in ("pretrain_flags", "probe_flags", "finetune_flags"):
+            setattr(args, name, ["--device", args.device] + getattr(args, name))
     bf16 = native_bf16() if args.amp == "auto" else args.amp == "true"
-    results = [run_method(m, args, bf16) for m in args.methods]  # train.py's errors exit with its one-line message
-    # the table also keeps the other methods' finished, current results: `--methods npid` redoes one row
-    done = {r["method"]: r for r in results}
-    others = {m: saved_result(m, args) for m in METHODS if m not in done}
-    rows = [done.get(m) or others[m] for m in METHODS if m in done or "linear" in others[m]]
-    text = table(rows)
+    # seed by seed, so that an interrupted run leaves whole seeds; train.py's errors exit with its one-line message
+    ran = [run_method(m, s, args, bf16) for s in args.seeds for m in args.methods]
+    # the tables also keep the other methods' finished, current results: `--methods npid` redoes one row
+    rows = []
+    for m in METHODS:
+        values, steps = gather(m, args.seeds, args, bf16)
+        if steps:
+            rows.append((m, values, steps))
+    text = tables(rows, args.fractions)
     print("\n" + text)
     for path in args.table:
         if not replace_table(path, text):
             print(f"{path} has no results-table markers; left as it is")
-    plot(rows, args.plot)
+    plot(rows, args.fractions, args.plot)
     print(f"figure: {args.plot}")
-    return results
+    return ran, rows
 
 
 if __name__ == "__main__":
