@@ -159,7 +159,7 @@ class Augment:
 
     def __init__(self, num_crops, size_crops, min_scale_crops, max_scale_crops, mean, std, channels,
                  jitter_strength=1.0, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0,
-                 flip_prob=0.5, colour=True, generator=None, jitter=None):
+                 flip_prob=0.5, colour=True, generator=None, jitter=None, blur_sigma=(0.1, 2.0)):
         self.crops = [(size, (lo, hi)) for n, size, lo, hi in
                       zip(num_crops, size_crops, min_scale_crops, max_scale_crops) for _ in range(n)]
         self.mean, self.std, self.channels = mean, std, channels
@@ -170,7 +170,7 @@ class Augment:
         self.num_jitter_ops = 4 if channels == 3 else 2  # one channel: brightness and contrast only
         self.jitter_prob, self.grayscale_prob = jitter_prob, grayscale_prob
         self.blur_prob, self.solarize_prob, self.flip_prob = blur_prob, solarize_prob, flip_prob
-        self.colour = colour
+        self.colour, self.blur_sigma = colour, tuple(blur_sigma)
         self.gen = generator if generator is not None else torch.Generator()
 
     def sample(self, n, side):
@@ -184,7 +184,7 @@ class Augment:
         p["order"] = torch.argsort(torch.rand(n, self.num_jitter_ops, generator=g, device=g.device), dim=1)
         p["grayscale"] = bernoulli(self.grayscale_prob, n, g)
         p["blur"] = bernoulli(self.blur_prob, n, g)
-        p["sigma"] = uniform(0.1, 2.0, n, g)
+        p["sigma"] = uniform(*self.blur_sigma, n, g)
         p["kernel_size"] = max(3, int(0.1 * side) // 2 * 2 + 1)  # 10% of the side, odd
         p["solarize"] = bernoulli(self.solarize_prob, n, g)
         return p
@@ -245,4 +245,4 @@ def from_args(args, data, generator):
     return Augment(args.num_crops, sizes, args.min_scale_crops, args.max_scale_crops, data.mean, data.std,
                    data.channels, jitter_strength=s, jitter_prob=args.jitter_prob, grayscale_prob=args.grayscale_prob,
                    blur_prob=blur, solarize_prob=args.solarize_prob, generator=generator,
-                   jitter=args.color_jitter)
+                   jitter=args.color_jitter, blur_sigma=args.blur_sigma)

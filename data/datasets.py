@@ -40,7 +40,9 @@ class ArrayData:
         return len(self.labels)
 
     def subset(self, indices):
-        return ArrayData(self.name, self.images[indices], self.labels[indices], self.num_classes)
+        out = ArrayData(self.name, self.images[indices], self.labels[indices], self.num_classes)
+        out.mean, out.std = self.mean, self.std  # as normalised, with --norm_mean / --norm_std too
+        return out
 
     def to(self, device):
         self.images, self.labels = self.images.to(device), self.labels.to(device)

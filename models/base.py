@@ -43,6 +43,17 @@ def autocast(args, device):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=args.amp)
 
 
+def normalisation(args, data):
+    """(mean, std) the pixels of `data` are normalised with: --norm_mean / --norm_std, else the dataset's."""
+    # getattr: the flags of runs made before these flags existed (an encoder's saved args) have neither
+    mean = tuple(getattr(args, "norm_mean", None) or data.mean)
+    std = tuple(getattr(args, "norm_std", None) or data.std)
+    for name, values in (("--norm_mean", mean), ("--norm_std", std)):
+        if len(values) != data.channels:
+            raise UserError(f"{name} has {len(values)} values; {args.data} has {data.channels} channels")
+    return mean, std
+
+
 def load_data(args, pretrain, device):
     """train (what the loop iterates), test, and knn_train (the labeled training images for kNN), on `device`."""
     def load(split):
@@ -54,6 +65,7 @@ def load_data(args, pretrain, device):
         knn_train = fixed_subset(load("train"), args.subset, args.seed)
     for d in (train, test, knn_train):
         d.to(device)
+        d.mean, d.std = normalisation(args, d)
     return types.SimpleNamespace(train=train, test=test, knn_train=knn_train, label_subset=None,
                                  validation_subset=None)
 

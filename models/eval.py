@@ -59,12 +59,14 @@ def add_label_args(g):
 
 
 def encoder_data_args(args, saved):
-    """`args` with the data flags the user left unset taken from the flags `saved` of the encoder's run."""
+    """`args` with the data flags the user left unset taken from the flags `saved` of the encoder's run: the
+    dataset, its root and the pixel normalisation the encoder was trained with."""
     data = args.data or saved.get("data", "fmnist")
     data_root = args.data_root
     if data_root is None and saved.get("data") == data:
         data_root = saved.get("data_root")
-    return argparse.Namespace(**dict(vars(args), data=data, data_root=data_root))
+    norm = {k: saved.get(k) if getattr(args, k) is None else getattr(args, k) for k in ("norm_mean", "norm_std")}
+    return argparse.Namespace(**dict(vars(args), data=data, data_root=data_root, **norm))
 
 
 def take_labelled(args, data):

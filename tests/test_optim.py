@@ -26,6 +26,16 @@ def test_lars_step_matches_hand_computation():
     assert torch.allclose(p.detach(), q - lr * v2, atol=1e-7)
 
 
+def test_simclr_rule_takes_the_norm_of_the_decayed_gradient():
+    p = torch.tensor([3.0, 4.0], requires_grad=True)  # |p| = 5
+    p.grad = torch.tensor([0.6, 0.8])
+    lr, wd, eta = 0.5, 0.1, 0.01
+    LARS([p], lr=lr, momentum=0.9, weight_decay=wd, trust_coefficient=eta, eps=0.5, clip=True, rule="simclr").step()
+    g = torch.tensor([0.6, 0.8]) + wd * torch.tensor([3.0, 4.0])  # (0.9, 1.2): |g + wd p| = 1.5
+    a = eta * 5 / 1.5  # no eps, no clip (the larc rule would give 0.05 / 2.0 here)
+    assert torch.allclose(p.detach(), torch.tensor([3.0, 4.0]) - lr * a * g, atol=1e-7)
+
+
 def test_lars_clip_caps_the_adaptive_rate_at_the_global_lr():
     p = torch.tensor([3.0, 4.0], requires_grad=True)
     p.grad = torch.tensor([0.0006, 0.0008])  # tiny gradient -> huge trust ratio
@@ -60,7 +70,7 @@ def test_bias_and_norm_exclusion_is_by_dimension_and_catches_downsample_bn():
 
 def schedule_args(**kw):
     base = dict(lr=0.3, batch_size=512, lr_scaling="linear", warmup=0.1, warmup_start_lr=0.0, final_lr=0.0,
-                lr_schedule="cosine", lr_steps=[], lr_gamma=0.1)
+                lr_schedule="cosine", lr_steps=[], lr_gamma=0.1, cosine_time="after_warmup")
     return argparse.Namespace(**dict(base, **kw))
 
 
@@ -74,6 +84,17 @@ def test_warmup_then_cosine_values():
     args = schedule_args(final_lr=0.003, warmup=0.0, lr_scaling="sqrt")
     assert lr_at(0, 100, 10, args) == pytest.approx(0.3 * math.sqrt(2))
     assert lr_at(100, 100, 10, args) == pytest.approx(0.003 * math.sqrt(2))
+
+
+def test_vissl_schedule_global_cosine_after_a_rewritten_warmup_start():
+    # VISSL's simclr_8node_resnet at 64 x 64: warm-up 0.6 -> 4.8 over 10% of the steps, then the cosine 4.8 -> 0
+    # at the run's overall progress: 4.8 * (1 + cos(0.1 pi)) / 2 = 4.683 just after the warm-up
+    args = schedule_args(batch_size=4096, warmup_start_lr=0.0375, cosine_time="global")
+    assert lr_at(0, 1000, 10, args) == pytest.approx(0.6)
+    assert lr_at(99, 1000, 10, args) == pytest.approx(0.6 + 4.2 * 99 / 100)
+    assert lr_at(100, 1000, 10, args) == pytest.approx(4.8 * (1 + math.cos(0.1 * math.pi)) / 2)
+    assert lr_at(550, 1000, 10, args) == pytest.approx(4.8 * (1 + math.cos(0.55 * math.pi)) / 2)
+    assert lr_at(100, 1000, 10, schedule_args(batch_size=4096)) == pytest.approx(4.8)  # the default: at the peak
 
 
 def test_multistep_values():

@@ -119,6 +119,12 @@ def add_common_args(p):
                         "unreadable.txt; the run stops when more than this fraction of the images is unreadable")
     g.add_argument("--workers", type=INT0, default=4,
                    help="data loader processes for folder datasets (in-memory data needs none)")
+    g.add_argument("--norm_mean", type=float, nargs="+", default=None,
+                   help="per-channel mean subtracted from the [0, 1] pixels (default: the dataset's; 0 0 0 with "
+                        "--norm_std 1 1 1 feeds raw pixels, as simclr-pytorch does)")
+    g.add_argument("--norm_std", type=POSITIVE, nargs="+", default=None,
+                   help="per-channel std the pixels are divided by (default: the dataset's; the swav repository "
+                        "uses 0.228 0.224 0.225)")
 
     g = p.add_argument_group("distributed and mixed precision")
     g.add_argument("--dist", default="none", choices=["none", "ddp"],
@@ -157,6 +163,10 @@ def add_common_args(p):
                    help="base lr at step 0 of the warmup (scaled like --lr)")
     g.add_argument("--final_lr", type=NONNEGATIVE, default=0.0,
                    help="base lr at the end of the cosine (scaled like --lr)")
+    g.add_argument("--cosine_time", default="after_warmup", choices=["after_warmup", "global"],
+                   help="after_warmup: the cosine runs from the peak at the warm-up's end to --final_lr; global: it "
+                        "is taken at the run's overall progress (VISSL's interval_scaling [rescaled, fixed]), so the "
+                        "lr just after the warm-up is already below the peak")
     g.add_argument("--lr_steps", type=NONNEGATIVE, nargs="*", default=[],
                    help="multistep: epochs at which lr is multiplied by --lr_gamma")
     g.add_argument("--lr_gamma", type=POSITIVE, default=0.1, help="multistep factor")
@@ -168,6 +178,9 @@ def add_common_args(p):
     g.add_argument("--larc_trust_coefficient", type=POSITIVE, default=0.001, help="LARS trust coefficient eta")
     g.add_argument("--larc_clip", type=str2bool, default=False, help="LARC clipping: adaptive rate min(a/lr, 1)")
     g.add_argument("--larc_eps", type=NONNEGATIVE, default=1e-8, help="LARS epsilon in the trust ratio")
+    g.add_argument("--lars_rule", default="larc", choices=["larc", "simclr"],
+                   help="LARS trust ratio: larc = eta |p| / (|g| + wd |p| + eps) (Apex LARC: VISSL, swav); simclr = "
+                        "eta |p| / |g + wd p| (SimCLR's LARS, simclr-pytorch; --larc_eps and --larc_clip unused)")
     g.add_argument("--knn_k", type=INT1, default=200, help="neighbours of the kNN classifier")
     g.add_argument("--knn_t", type=POSITIVE, default=0.07, help="temperature of the kNN vote weights exp(sim/t)")
 
@@ -197,6 +210,9 @@ def add_backbone_args(p, head=True):
     g.add_argument("--embedding_dim", type=INT1, default=128, help="output width of the head")
     g.add_argument("--head_use_bn", type=str2bool, default=True, help="BatchNorm after each hidden layer of the head")
     g.add_argument("--head_use_relu", type=str2bool, default=True, help="ReLU after each hidden layer of the head")
+    g.add_argument("--head_out_bn", type=str2bool, default=False,
+                   help="no bias in the head's last Linear, then BatchNorm with a learned scale and no shift "
+                        "(simclr-pytorch's head)")
 
 
 def add_augment_args(p):
@@ -216,6 +232,8 @@ def add_augment_args(p):
     g.add_argument("--grayscale_prob", type=PROBABILITY, default=0.2, help="probability of grayscale")
     g.add_argument("--blur_prob", type=none_or(PROBABILITY), default=None,
                    help="probability of Gaussian blur (default: 0.5, or 0 for images of 32 px or less)")
+    g.add_argument("--blur_sigma", type=POSITIVE, nargs=2, default=[0.1, 2.0], metavar=("LO", "HI"),
+                   help="the blur's sigma in px, uniform in [LO, HI] (a kernel of 10%% of the crop's side)")
     g.add_argument("--solarize_prob", type=PROBABILITY, default=0.0, help="probability of solarization")
 
 

@@ -9,12 +9,14 @@ class LARS(torch.optim.Optimizer):
 
     a = eta * |p| / (|g| + wd * |p| + eps); with clip, a = min(a / lr, 1); a = 1 where |p| or |g| is 0.
     g <- (g + wd * p) * a;  v <- mu * v + g;  p <- p - lr * v.
+    rule="simclr" takes SimCLR's ratio instead, a = eta * |p| / |g + wd * p| (no eps, no clip).
     A param group with `lars_exclude: True` skips the adaptation (a = 1) and uses its own weight decay.
     """
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, clip=False):
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=1e-8, clip=False,
+                 rule="larc"):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
-                        eps=eps, clip=clip, lars_exclude=False)
+                        eps=eps, clip=clip, lars_exclude=False, rule=rule)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -29,14 +31,20 @@ class LARS(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             wd, lr = group["weight_decay"], group["lr"]
+            simclr = group.get("rule", "larc") == "simclr"
+            if wd != 0 and simclr:  # SimCLR's ratio takes the norm of the decayed gradient
+                grads = torch._foreach_add(grads, params, alpha=wd)
             if not group["lars_exclude"]:
                 p_norms = torch.stack(torch._foreach_norm(params))
                 g_norms = torch.stack(torch._foreach_norm(grads))
-                ratio = group["trust_coefficient"] * p_norms / (g_norms + wd * p_norms + group["eps"])
-                if group["clip"]:
-                    ratio = torch.clamp(ratio / lr, max=1.0)
+                if simclr:
+                    ratio = group["trust_coefficient"] * p_norms / g_norms
+                else:
+                    ratio = group["trust_coefficient"] * p_norms / (g_norms + wd * p_norms + group["eps"])
+                    if group["clip"]:
+                        ratio = torch.clamp(ratio / lr, max=1.0)
                 ratio = torch.where((p_norms > 0) & (g_norms > 0), ratio, torch.ones_like(ratio))
-            if wd != 0:
+            if wd != 0 and not simclr:
                 grads = torch._foreach_add(grads, params, alpha=wd)
             if not group["lars_exclude"]:
                 grads = torch._foreach_mul(grads, list(ratio.unbind()))
@@ -100,7 +108,8 @@ def build_optimizer(model, args, lr_scales=None):
                      args.weight_decay)
     if args.opt == "lars":
         return LARS(groups, lr=0.0, momentum=args.momentum, weight_decay=args.weight_decay,
-                    trust_coefficient=args.larc_trust_coefficient, eps=args.larc_eps, clip=args.larc_clip)
+                    trust_coefficient=args.larc_trust_coefficient, eps=args.larc_eps, clip=args.larc_clip,
+                    rule=args.lars_rule)
     for g in groups:
         g.pop("lars_exclude", None)
     if args.opt == "sgd":
@@ -125,7 +134,10 @@ def lr_at(step, total_steps, steps_per_epoch, args):
     if step < warmup_steps:
         return start + (peak - start) * step / warmup_steps
     if args.lr_schedule == "cosine":
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if args.cosine_time == "global":
+            t = step / max(1, total_steps)
+        else:
+            t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * t))
     if args.lr_schedule == "multistep":
         passed = sum(step >= round(e * steps_per_epoch) for e in args.lr_steps)
