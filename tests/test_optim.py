@@ -70,7 +70,7 @@ def test_bias_and_norm_exclusion_is_by_dimension_and_catches_downsample_bn():
 
 def schedule_args(**kw):
     base = dict(lr=0.3, batch_size=512, lr_scaling="linear", warmup=0.1, warmup_start_lr=0.0, final_lr=0.0,
-                lr_schedule="cosine", lr_steps=[], lr_gamma=0.1, cosine_time="after_warmup")
+                lr_schedule="cosine", lr_steps=[], lr_gamma=0.1, cosine_time="after_warmup", lr_interval="step")
     return argparse.Namespace(**dict(base, **kw))
 
 
@@ -97,6 +97,24 @@ def test_vissl_schedule_global_cosine_after_a_rewritten_warmup_start():
     assert lr_at(100, 1000, 10, schedule_args(batch_size=4096)) == pytest.approx(4.8)  # the default: at the peak
 
 
+def test_linear_decay_and_the_lr_held_for_each_epoch():
+    args = schedule_args(lr_schedule="linear", warmup=0.0, lr_scaling="none", final_lr=0.1)
+    assert [lr_at(s, 100, 10, args) for s in (0, 50, 100)] == pytest.approx([0.3, 0.2, 0.1])
+    per_epoch = schedule_args(warmup=0.0, lr_scaling="none", lr_interval="epoch")
+    values = [lr_at(s, 100, 10, per_epoch) for s in range(100)]
+    assert values[:10] == [0.3] * 10 and len(set(values)) == 10  # one value an epoch, from the epoch's start
+    assert values[15] == pytest.approx(0.15 * (1 + math.cos(0.1 * math.pi)))
+
+
+def test_decay_bias_leaves_out_only_the_norm_layers():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2), torch.nn.LayerNorm(2))
+    names = {id(p): n for n, p in net.named_parameters()}
+    weights, excluded = param_groups(net, 1e-4, True, decay_bias=True)
+    assert {names[id(p)] for p in weights["params"]} == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    assert {names[id(p)] for p in excluded["params"]} == {"1.weight", "1.bias", "4.weight", "4.bias"}
+
+
 def test_multistep_values():
     args = schedule_args(lr_schedule="multistep", warmup=0.0, lr_steps=[2, 3], lr_scaling="none")
     values = [lr_at(s, 50, 10, args) for s in (0, 19, 20, 29, 30, 49)]
@@ -105,7 +123,7 @@ def test_multistep_values():
 
 def test_build_optimizer_groups():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    args = argparse.Namespace(opt="adamw", weight_decay=0.05, exclude_bias_and_norm=True, momentum=0.9)
+    args = argparse.Namespace(opt="adamw", weight_decay=0.05, exclude_bias_and_norm=True, decay_bias=False, momentum=0.9)
     opt = build_optimizer(net, args)
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
@@ -135,7 +153,7 @@ def closure_of(opt, objective):
 def test_lbfgs_reaches_the_optimum_of_the_regularised_logistic_regression(wd):
     x, y = logistic_problem()
     net = torch.nn.Linear(x.shape[1], 4).double()
-    args = argparse.Namespace(opt="lbfgs", problem="eval", weight_decay=wd, exclude_bias_and_norm=True, momentum=0.9)
+    args = argparse.Namespace(opt="lbfgs", problem="eval", weight_decay=wd, exclude_bias_and_norm=True, decay_bias=False, momentum=0.9)
     opt = build_optimizer(net, args)
     assert isinstance(opt, LBFGS) and opt.decayed == ([net.weight] if wd else [])
     closure = closure_of(opt, lambda: torch.nn.functional.cross_entropy(net(x), y))

@@ -156,8 +156,10 @@ def add_common_args(p):
                    help="base learning rate for a batch of 256, scaled by --lr_scaling")
     g.add_argument("--lr_scaling", default="linear", choices=["linear", "sqrt", "none"],
                    help="lr = base * batch/256 (linear), * sqrt(batch/256) (sqrt), or as given (none)")
-    g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "multistep", "const"],
-                   help="shape after the warmup")
+    g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "multistep", "linear", "const"],
+                   help="shape after the warmup (linear: straight down to --final_lr)")
+    g.add_argument("--lr_interval", default="step", choices=["step", "epoch"],
+                   help="how often the lr changes: every step, or at each epoch's start (VISSL's update_interval)")
     g.add_argument("--warmup", type=PROBABILITY, default=0.0, help="fraction of the steps spent in linear warmup")
     g.add_argument("--warmup_start_lr", type=NONNEGATIVE, default=0.0,
                    help="base lr at step 0 of the warmup (scaled like --lr)")
@@ -175,6 +177,10 @@ def add_common_args(p):
     g.add_argument("--nesterov", type=str2bool, default=False, help="Nesterov momentum for SGD")
     g.add_argument("--exclude_bias_and_norm", type=str2bool, default=True,
                    help="parameters with ndim <= 1 get no weight decay and no LARS adaptation")
+    g.add_argument("--decay_bias", type=str2bool, default=False,
+                   help="with --exclude_bias_and_norm: the biases of conv and linear layers are decayed (and adapted) "
+                        "all the same, only normalisation layers' parameters are left out (VISSL's regularize_bias "
+                        "true with regularize_bn false)")
     g.add_argument("--larc_trust_coefficient", type=POSITIVE, default=0.001, help="LARS trust coefficient eta")
     g.add_argument("--larc_clip", type=str2bool, default=False, help="LARC clipping: adaptive rate min(a/lr, 1)")
     g.add_argument("--larc_eps", type=NONNEGATIVE, default=1e-8, help="LARS epsilon in the trust ratio")

@@ -2,6 +2,7 @@
 import math
 
 import torch
+import torch.nn as nn
 
 
 class LARS(torch.optim.Optimizer):
@@ -84,15 +85,24 @@ class LBFGS(torch.optim.LBFGS):
         return super().step(regularised)
 
 
-def param_groups(model, weight_decay, exclude_bias_and_norm, lr_scales=None):
-    """Weights, and (when excluded) biases and norm parameters, found by ndim, not by name; each split again by
-    `lr_scales` ({parameter: factor of the schedule's lr}, 1 for the rest), kept in the group as `lr_scale`."""
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def param_groups(model, weight_decay, exclude_bias_and_norm, lr_scales=None, decay_bias=False):
+    """Weights, and (when excluded) biases and norm parameters, found by ndim, not by name (with `decay_bias`,
+    only the parameters of normalisation layers are excluded); each split again by `lr_scales` ({parameter:
+    factor of the schedule's lr}, 1 for the rest), kept in the group as `lr_scale`."""
     params = [p for p in model.parameters() if p.requires_grad]
+    norms = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+
+    def excluded(p):
+        return p.ndim <= 1 and (not decay_bias or id(p) in norms)
+
     if not exclude_bias_and_norm:
         groups = [dict(params=params, weight_decay=weight_decay)]
     else:
-        groups = [dict(params=[p for p in params if p.ndim > 1], weight_decay=weight_decay),
-                  dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, lars_exclude=True)]
+        groups = [dict(params=[p for p in params if not excluded(p)], weight_decay=weight_decay),
+                  dict(params=[p for p in params if excluded(p)], weight_decay=0.0, lars_exclude=True)]
     scales = lr_scales or {}
     split = []
     for g in groups:
@@ -102,7 +112,7 @@ def param_groups(model, weight_decay, exclude_bias_and_norm, lr_scales=None):
 
 
 def build_optimizer(model, args, lr_scales=None):
-    groups = param_groups(model, args.weight_decay, args.exclude_bias_and_norm, lr_scales)
+    groups = param_groups(model, args.weight_decay, args.exclude_bias_and_norm, lr_scales, args.decay_bias)
     if args.opt == "lbfgs":  # offered by --problem eval only: a full-batch fit on features held in memory
         return LBFGS([p for g in groups for p in g["params"]], [p for g in groups if g["weight_decay"] for p in g["params"]],
                      args.weight_decay)
@@ -131,6 +141,8 @@ def lr_at(step, total_steps, steps_per_epoch, args):
     start = scale_lr(args.warmup_start_lr, args.batch_size, args.lr_scaling)
     final = scale_lr(args.final_lr, args.batch_size, args.lr_scaling)
     warmup_steps = int(round(args.warmup * total_steps))
+    if args.lr_interval == "epoch":  # the value at the start of the step's epoch
+        step = step // steps_per_epoch * steps_per_epoch
     if step < warmup_steps:
         return start + (peak - start) * step / warmup_steps
     if args.lr_schedule == "cosine":
@@ -139,6 +151,9 @@ def lr_at(step, total_steps, steps_per_epoch, args):
         else:
             t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * t))
+    if args.lr_schedule == "linear":
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return peak + (final - peak) * t
     if args.lr_schedule == "multistep":
         passed = sum(step >= round(e * steps_per_epoch) for e in args.lr_steps)
         return peak * args.lr_gamma ** passed
