@@ -44,7 +44,7 @@ def test_every_method_gets_its_rows_curves_and_saved_steps(everything):
     assert text.startswith("# before\n") and text.endswith("# after\n") and "old table" not in text
     lines = table_lines(doc)
     assert lines[0].startswith("| method | config | pretraining (min) | img/s | seeds | linear | kNN |")
-    assert "| method (test top-1, %) | linear 10% | fine-tuned 10% |" in lines
+    assert "| on a fraction of the labels (test top-1, %) | linear 10% | fine-tuned 10% |" in lines
     for r in ran:
         saved = json.loads((tmp_path / "saved" / f"{r.method}_seed0.json").read_text())
         assert saved == r.steps

@@ -217,7 +217,7 @@ def tables(rows, fractions):
     main = ["| method | config | pretraining (min) | img/s | seeds | linear | kNN | commit | date | device |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     frac_cols = [c[0] for c in columns(fractions)[2:]]
-    few = ["| method (test top-1, %) | " + " | ".join(frac_cols) + " |", "|---" * (len(frac_cols) + 1) + "|"]
+    few = ["| on a fraction of the labels (test top-1, %) | " + " | ".join(frac_cols) + " |", "|---" * (len(frac_cols) + 1) + "|"]
     for method, values, steps in rows:
         config = f"`{os.path.basename(config_of(method))}`" if config_of(method) else "none"
         pre = [s["pretraining"] for s in steps if s.get("pretraining")]
@@ -235,7 +235,7 @@ def tables(rows, fractions):
         few.append(f"| {name} | " + " | ".join(mean_std(values.get(c, [])) for c in frac_cols) + " |")
     text = "\n".join(main) + "\n"
     if fractions:
-        text += "\nOn a class-balanced fraction of the labels, drawn by each seed:\n\n" + "\n".join(few) + "\n"
+        text += "\n" + "\n".join(few) + "\n"  # the fractions' labelled images are drawn by each seed
     return text
 
 
@@ -309,6 +309,8 @@ def main(argv=None):
     p.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
                    help="bf16 autocast while pretraining; auto: on CPUs with native bf16")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write the tables and the figure from the saved results that are current")
     p.add_argument("--table", nargs="*", default=[os.path.join(ROOT, "docs", "results.md"), os.path.join(ROOT, "README.md")],
                    help="files whose results tables (between the markers) are replaced")
     p.add_argument("--plot", default=os.path.join(ROOT, "docs", "results_fmnist.png"), help="the figure's path")
@@ -322,7 +324,7 @@ def main(argv=None):
             setattr(args, name, ["--device", args.device] + getattr(args, name))
     bf16 = native_bf16() if args.amp == "auto" else args.amp == "true"
     # seed by seed, so that an interrupted run leaves whole seeds; train.py's errors exit with its one-line message
-    ran = [run_method(m, s, args, bf16) for s in args.seeds for m in args.methods]
+    ran = [] if args.report else [run_method(m, s, args, bf16) for s in args.seeds for m in args.methods]
     # the tables also keep the other methods' finished, current results: `--methods npid` redoes one row
     rows = []
     for m in METHODS:
