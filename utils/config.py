@@ -119,7 +119,7 @@ def add_common_args(p):
                         "unreadable.txt; the run stops when more than this fraction of the images is unreadable")
     g.add_argument("--workers", type=INT0, default=4,
                    help="data loader processes for folder datasets (in-memory data needs none)")
-    g.add_argument("--norm_mean", type=float, nargs="+", default=None,
+    g.add_argument("--norm_mean", type=Range(float, ge=0, le=1), nargs="+", default=None,
                    help="per-channel mean subtracted from the [0, 1] pixels (default: the dataset's; 0 0 0 with "
                         "--norm_std 1 1 1 feeds raw pixels, as simclr-pytorch does)")
     g.add_argument("--norm_std", type=POSITIVE, nargs="+", default=None,
