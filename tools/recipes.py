@@ -5,7 +5,6 @@ with the probe config it needs, and one row a hyperparameter: the flag, its effe
 resolves to, defaults included; tests/test_recipes.py checks every one), the source's value and where it was read.
 A row whose note is not empty is a difference, said in the config's header too.
 """
-import argparse
 import os
 
 import train
@@ -292,7 +291,7 @@ RECIPES = [
 def effective(config):
     """The flags a config resolves to (defaults included) and the derived learning rates."""
     args = parse_args(["--config", os.path.join(ROOT, config)], train.PROBLEMS)
-    return dict(vars(args), **derived(argparse.Namespace(**vars(args))))
+    return dict(vars(args), **derived(args))
 
 
 def render():

@@ -100,8 +100,8 @@ class Result:
 
     def step(self, name, key, make):
         """The values of step `name`: saved ones when made from `key`, else make() run and saved."""
-        saved = self.steps.get(name)
-        if saved and saved.get("fingerprint") == key:
+        saved = self.current(name, key)
+        if saved:
             return saved
         values = dict(make(), fingerprint=key, commit=commit(), date=str(datetime.date.today()),
                       device=machine(dist.pick_device(self.args.device)))
