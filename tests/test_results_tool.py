@@ -15,12 +15,12 @@ FINETUNE = ["--subset", "512", "--iters", "3", "--batch_size", "32", "--workers"
 ALL = ["simclr", "swav", "npid", "dcv2", "random", "pixels"]
 
 
-def tool(tmp_path, methods, seeds=(0,), pretrain=PRETRAIN):
+def tool(tmp_path, methods, seeds=(0,), pretrain=PRETRAIN, amp="false"):
     doc = tmp_path / "results.md"
     if not doc.exists():
         doc.write_text(f"# before\n{results.BEGIN}\nold table\n{results.END}\n# after\n")
     argv = ["--methods", *methods, "--seeds", *map(str, seeds), "--fractions", "0.1", "--root", str(tmp_path / "logs"),
-            "--results", str(tmp_path / "saved"), "--eval_every", "2", "--amp", "false",
+            "--results", str(tmp_path / "saved"), "--eval_every", "2", "--amp", amp,
             "--pretrain_flags", " ".join(pretrain), "--probe_flags", " ".join(PROBE),
             "--finetune_flags", " ".join(FINETUNE), "--table", str(doc), "--plot", str(tmp_path / "fig.png")]
     return results.main(argv), doc
@@ -77,6 +77,21 @@ def test_a_rerun_trains_nothing_again_and_writes_the_same_tables(everything, mon
     (again, _), _ = tool(tmp_path, ALL)
     assert [r.steps for r in again] == [r.steps for r in ran] and doc.read_text() == before
     assert capsys.readouterr().out.count("done before") == 6
+    # the precision is the machine's, recorded with each step and not in its fingerprint
+    (again, _), _ = tool(tmp_path, ALL, amp="true")
+    assert capsys.readouterr().out.count("done before") == 6 and doc.read_text() == before
+    assert ran[0].steps["pretraining"]["amp"] is False and ran[0].steps["finetune 0.1"]["amp"] is False
+
+
+def test_the_time_column_says_how_many_seeds_pretrained_under_bf16():
+    def steps(amp):
+        return dict(pretraining=dict(minutes=2.0, img_per_s=100.0, amp=amp, commit="c", date="d", device="x"),
+                    probe=dict(linear=80.0, knn=70.0, commit="c", date="d", device="x"))
+    values = dict(linear=[80.0, 80.0], kNN=[70.0, 70.0])
+    row = {amps: results.tables([("simclr", values, [steps(a) for a in amps])], []).splitlines()[2]
+           for amps in [(True, True), (True, False), (False, False)]}
+    assert "| 2.0 (bf16) | 100 |" in row[True, True] and "| 2.0 (bf16 1 of 2) | 100 |" in row[True, False]
+    assert "| 2.0 | 100 |" in row[False, False]
 
 
 def test_seeds_give_mean_and_std_and_one_method_redone_keeps_the_other_rows(everything, monkeypatch):

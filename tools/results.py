@@ -115,21 +115,22 @@ class Result:
         return saved if saved and saved.get("fingerprint") == key else None
 
 
-def keys(method, seed, args, bf16):
-    """The fingerprint of every step of `method` and `seed`: {step name: key}."""
-    pre = fingerprint(config_text(config_of(method)), args.pretrain_flags, seed, bf16, args.eval_every)
+def keys(method, seed, args):
+    """The fingerprint of every step of `method` and `seed`: {step name: key}. The precision is not in it: like the
+    device, it is the machine's (bf16 where native), and each step records its own."""
+    pre = fingerprint(config_text(config_of(method)), args.pretrain_flags, seed, args.eval_every)
     out = {} if method == "pixels" else {"pretraining": pre}
     out["probe"] = fingerprint(pre, config_text(PROBE), args.probe_flags, seed)
     for f in args.fractions:
         out[f"probe {f:g}"] = fingerprint(pre, config_text(PROBE), args.probe_flags, seed, f)
         if method != "pixels":
-            out[f"finetune {f:g}"] = fingerprint(pre, config_text(FINETUNE[f]), args.finetune_flags, seed, f, bf16)
+            out[f"finetune {f:g}"] = fingerprint(pre, config_text(FINETUNE[f]), args.finetune_flags, seed, f)
     return out
 
 
 def run_method(method, seed, args, bf16):
     """Pretrain, probe and fine-tune `method` with `seed` (each step skipped when saved); its Result."""
-    r, key = Result(method, seed, args), keys(method, seed, args, bf16)
+    r, key = Result(method, seed, args), keys(method, seed, args)
     seed_flags = ["--seed", str(seed)]
     encoder = "pixels"
     if method != "pixels":
@@ -160,7 +161,7 @@ def run_method(method, seed, args, bf16):
                                           f"results_{method}_finetune", "--encoder_ckpt", encoder,
                                           "--label_fraction", str(fraction)] + (["--amp", "true"] if bf16 else [])
                                          + seed_flags + args.finetune_flags)
-            return dict(folder=folder, top1=metrics["test_acc1"])
+            return dict(folder=folder, top1=metrics["test_acc1"], amp=bf16)
         return make
 
     r.step("probe", key["probe"], probe(1))
@@ -186,11 +187,11 @@ def columns(fractions):
     return cols
 
 
-def gather(method, seeds, args, bf16):
+def gather(method, seeds, args):
     """{column title: [value of each seed with it]} and the seeds' steps, from the current saved results."""
     values, steps = {}, []
     for seed in seeds:
-        r, key = Result(method, seed, args), keys(method, seed, args, bf16)
+        r, key = Result(method, seed, args), keys(method, seed, args)
         current = {name: r.current(name, k) for name, k in key.items()}
         if not current["probe"]:
             continue
@@ -222,7 +223,9 @@ def tables(rows, fractions):
         config = f"`{os.path.basename(config_of(method))}`" if config_of(method) else "none"
         pre = [s["pretraining"] for s in steps if s.get("pretraining")]
         minutes = [p["minutes"] for p in pre if p["minutes"]]
-        time = f"{sum(minutes) / len(minutes):.1f}" + (" (bf16)" if pre[0]["amp"] else "") if minutes else ""
+        bf16 = sum(bool(p["amp"]) for p in pre if p["minutes"])
+        mixed = f" (bf16 {bf16} of {len(minutes)})" if 0 < bf16 < len(minutes) else ""
+        time = f"{sum(minutes) / len(minutes):.1f}" + (" (bf16)" if bf16 == len(minutes) else mixed) if minutes else ""
         rates = [p["img_per_s"] for p in pre if p["img_per_s"]]
         rate = f"{sum(rates) / len(rates):.0f}" if rates else ""
         if method == "random":
@@ -307,7 +310,8 @@ def main(argv=None):
     p.add_argument("--probe_flags", type=shlex.split, default=[], help="extra train.py flags for every probe")
     p.add_argument("--finetune_flags", type=shlex.split, default=[], help="extra train.py flags for every fine-tuning")
     p.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
-                   help="bf16 autocast while pretraining; auto: on CPUs with native bf16")
+                   help="bf16 autocast while pretraining and fine-tuning; auto: on CPUs with native bf16. Each step "
+                   "records its precision, which is not in its fingerprint: a saved step stands whichever made it")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
     p.add_argument("--report", action="store_true",
                    help="train nothing: write the tables and the figure from the saved results that are current")
@@ -328,7 +332,7 @@ def main(argv=None):
     # the tables also keep the other methods' finished, current results: `--methods npid` redoes one row
     rows = []
     for m in METHODS:
-        values, steps = gather(m, args.seeds, args, bf16)
+        values, steps = gather(m, args.seeds, args)
         if steps:
             rows.append((m, values, steps))
     text = tables(rows, args.fractions)
