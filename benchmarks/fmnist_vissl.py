@@ -2,10 +2,11 @@
 recipe and probed the same way. Not part of the package and not run by CI; VISSL lives in its own virtual
 environment, with the repo's own dependencies beside it:
 
-    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
-        pyyaml exman pandas tqdm scipy "setuptools<80"
-    /tmp/peers/bin/pip install --no-deps vissl==0.1.6 classy_vision==0.6.0 fvcore iopath yacs tabulate termcolor portalocker
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install -r requirements.txt scipy "setuptools<80"
+    /tmp/peers/bin/pip install --no-deps vissl==0.1.6 classy_vision==0.7.0 fvcore iopath yacs tabulate termcolor portalocker
     /tmp/peers/bin/python benchmarks/fmnist_vissl.py --method npid [flags of configs/fmnist_npid.yaml]
+
+(classy_vision 0.6.0 lacks the `bypass_checks` argument that VISSL 0.1.6's transforms register with.)
 
 The run is the repo's training loop, backbone, head, crops, colour and optimiser on `configs/fmnist_<method>.yaml`
 with the method's core replaced by VISSL's: for NPID, `NCELossWithMemory` (its memory bank and its

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 
 import matplotlib
 import pandas as pd
@@ -225,9 +226,10 @@ def tables(rows, fractions):
         minutes = [p["minutes"] for p in pre if p["minutes"]]
         bf16 = sum(bool(p["amp"]) for p in pre if p["minutes"])
         mixed = f" (bf16 {bf16} of {len(minutes)})" if 0 < bf16 < len(minutes) else ""
-        time = f"{sum(minutes) / len(minutes):.1f}" + (" (bf16)" if bf16 == len(minutes) else mixed) if minutes else ""
+        # medians: one seed run beside other work would pull a mean far off
+        time = f"{statistics.median(minutes):.1f}" + (" (bf16)" if bf16 == len(minutes) else mixed) if minutes else ""
         rates = [p["img_per_s"] for p in pre if p["img_per_s"]]
-        rate = f"{sum(rates) / len(rates):.0f}" if rates else ""
+        rate = f"{statistics.median(rates):.0f}" if rates else ""
         if method == "random":
             config += " `--iters 0`"
         made = [v for s in steps for v in s.values() if v]
