@@ -14,7 +14,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import shlex
 import statistics
@@ -132,12 +131,12 @@ def keys(method, seed, args):
 def run_method(method, seed, args, bf16):
     """Pretrain, probe and fine-tune `method` with `seed` (each step skipped when saved); its Result."""
     r, key = Result(method, seed, args), keys(method, seed, args)
-    seed_flags = ["--seed", str(seed)]
+    seed_flags, amp_flags = ["--seed", str(seed)], (["--amp", "true"] if bf16 else [])
     encoder = "pixels"
     if method != "pixels":
         def pretrain():
             argv = ["--config", config_of(method), "--root", args.root, "--name", f"results_{method}_seed{seed}",
-                    "--resume", "auto", "--eval_freq", str(args.eval_every)] + (["--amp", "true"] if bf16 else [])
+                    "--resume", "auto", "--eval_freq", str(args.eval_every)] + amp_flags
             argv += seed_flags + args.pretrain_flags
             if method == "random":
                 argv += ["--iters", "0", "--eval_freq", "-1"]
@@ -160,7 +159,7 @@ def run_method(method, seed, args, bf16):
         def make():
             folder, metrics = train.main(["--config", FINETUNE[fraction], "--root", args.root, "--name",
                                           f"results_{method}_finetune", "--encoder_ckpt", encoder,
-                                          "--label_fraction", str(fraction)] + (["--amp", "true"] if bf16 else [])
+                                          "--label_fraction", str(fraction)] + amp_flags
                                          + seed_flags + args.finetune_flags)
             return dict(folder=folder, top1=metrics["test_acc1"], amp=bf16)
         return make
@@ -207,11 +206,8 @@ def mean_std(values):
     """'mean ± std' (the sample standard deviation) of a list of figures; the figure alone for one; '' for none."""
     if not values:
         return ""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.2f} ± {std:.2f}"
+    mean = statistics.mean(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
 def tables(rows, fractions):
@@ -223,11 +219,11 @@ def tables(rows, fractions):
     for method, values, steps in rows:
         config = f"`{os.path.basename(config_of(method))}`" if config_of(method) else "none"
         pre = [s["pretraining"] for s in steps if s.get("pretraining")]
-        minutes = [p["minutes"] for p in pre if p["minutes"]]
-        bf16 = sum(bool(p["amp"]) for p in pre if p["minutes"])
-        mixed = f" (bf16 {bf16} of {len(minutes)})" if 0 < bf16 < len(minutes) else ""
+        timed = [p for p in pre if p["minutes"]]
+        bf16 = sum(bool(p["amp"]) for p in timed)
+        precision = " (bf16)" if bf16 == len(timed) else f" (bf16 {bf16} of {len(timed)})" if bf16 else ""
         # medians: one seed run beside other work would pull a mean far off
-        time = f"{statistics.median(minutes):.1f}" + (" (bf16)" if bf16 == len(minutes) else mixed) if minutes else ""
+        time = f"{statistics.median(p['minutes'] for p in timed):.1f}{precision}" if timed else ""
         rates = [p["img_per_s"] for p in pre if p["img_per_s"]]
         rate = f"{statistics.median(rates):.0f}" if rates else ""
         if method == "random":
