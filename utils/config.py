@@ -1,10 +1,12 @@
 """Command line and YAML configs: every config key is a flag, and the command line wins.
 
-`parse_args(argv, problems)` reads `--problem`, `--config` and `--resume` first, builds the parser of
-that problem (common flags + the problem class's `add_args`), checks every YAML key against it, and
-then parses the command line with, as defaults, the resumed run's flags, then the YAML values on top.
-Any mistake raises `UserError`, which `train.py` turns into one line on stderr and exit code 2,
-before a run folder exists.
+`parse_args(argv, problems)` reads the run flags (`--problem`, `--resume`, `--root`, `--name`, ...) first, from
+the config and the command line alike, to find the run that `--resume` names; then it builds the parser of the
+problem (common flags + the problem class's `add_args`) and parses the command line over, from the lowest, the
+defaults, the resumed run's flags and the config's values. A config value goes through its flag's own type and
+range; a repeated key, a YAML boolean where a number is expected, a null where the flag has no 'unset' value, or
+an unknown key is refused. Any mistake raises `UserError`, which `train.py` turns into one line on stderr and
+exit code 2, before a run folder exists.
 """
 import argparse
 import math
@@ -75,10 +77,12 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def add_common_args(p):
+def add_run_args(p):
+    """The flags that say which run this is and where it lives: read first, to find the run --resume names."""
     g = p.add_argument_group("run")
-    g.add_argument("--problem", default="simclr",
-                   help="what to train: the method, or `eval` for the linear probe and kNN")
+    g.add_argument("--problem", default=None,
+                   help="what to train: the method, or `eval` for the linear probe and kNN (default: a resumed "
+                        "run's, else simclr)")
     g.add_argument("--config", help="YAML file of flag values; flags given on the command line win")
     g.add_argument("--root", default=None, help="exman root for run folders (default: $EXMAN_PATH, else ./logs)")
     g.add_argument("--name", default="", help="suffix of the run folder's name")
@@ -90,6 +94,12 @@ def add_common_args(p):
                         "parameter groups, crops) and exit, making no run folder")
     g.add_argument("--lock_wait", type=NONNEGATIVE, default=0,
                    help="seconds to wait for another process that is training the run folder to --resume (0: refuse at once)")
+    g.add_argument("--node_rank", type=INT0, default=0, help="this node's index, 0 .. --world_size - 1")
+    return g
+
+
+def add_common_args(p):
+    g = add_run_args(p)
     g.add_argument("--seed", type=Range(int, ge=0, lt=2 ** 31), default=0,
                    help="seed of weights, data order and augmentation")
     g.add_argument("--device", default=None, help="cuda, cpu, cuda:1... (default: cuda when available, else cpu)")
@@ -130,7 +140,6 @@ def add_common_args(p):
     g.add_argument("--dist", default="none", choices=["none", "ddp"],
                    help="ddp: spawn --num_proc_per_node processes on this node (under torchrun this flag is not needed)")
     g.add_argument("--dist_address", default="127.0.0.1:29500", help="host:port of node 0, the same on every node")
-    g.add_argument("--node_rank", type=INT0, default=0, help="this node's index, 0 .. --world_size - 1")
     g.add_argument("--world_size", type=INT1, default=1, help="number of nodes")
     g.add_argument("--num_proc_per_node", type=Range(int, ge=1, also=(-1,)), default=-1,
                    help="processes on this node; -1: one per GPU (1 without GPUs)")
@@ -251,34 +260,64 @@ def find_action(parser, key):
     return None
 
 
+def _takes_bool(action):
+    return action.type is str2bool or getattr(action.type, "inner", None) is str2bool
+
+
 def _convert(action, key, value):
-    """Type-check one YAML value with the flag's own converter."""
+    """One YAML value through the flag's own converter, type and range, so a config means what the same value on
+    the command line means. YAML's own types are not guessed at: a boolean where a number or a name is expected
+    is refused, and null is the flag's default where that default is 'unset' (None, '' or []), else refused."""
     def one(v):
+        if isinstance(v, bool) and not (action.type is str2bool or getattr(action.type, "inner", None) is str2bool):
+            raise UserError(f"config key '{key}': {str(v).lower()} is a YAML boolean, not a value of --{key}")
+        if v is None or isinstance(v, (list, dict)):
+            raise UserError(f"config key '{key}': {'null' if v is None else repr(v)} is not a value of --{key}")
         if action.type is None:
-            return v if isinstance(v, str) else str(v)
-        try:
-            out = action.type(v if isinstance(v, (bool, type(None))) else str(v))
-        except argparse.ArgumentTypeError as e:
-            raise UserError(f"config key '{key}': {e}")
-        except (ValueError, TypeError):
-            raise UserError(f"config key '{key}': {v!r} is not a valid {getattr(action.type, '__name__', 'value')}")
+            if not isinstance(v, (str, int)):
+                raise UserError(f"config key '{key}': {v!r} is not a name or text (quote it in the YAML)")
+            out = str(v)
+        else:
+            try:
+                out = action.type(v if isinstance(v, bool) else str(v))
+            except argparse.ArgumentTypeError as e:
+                raise UserError(f"config key '{key}': {e}")
+            except (ValueError, TypeError, OverflowError):
+                raise UserError(f"config key '{key}': {v!r} is not a valid {getattr(action.type, '__name__', 'value')}")
         if action.choices is not None and out not in action.choices:
             raise UserError(f"config key '{key}': {v!r} is not one of {list(action.choices)}")
         return out
+    if value is None:
+        if action.default in (None, "", []):
+            return action.default
+        raise UserError(f"config key '{key}': null is not a value of --{key}; leave the key out for its default "
+                        f"{action.default!r}")
     if action.nargs in ("+", "*"):
         values = value if isinstance(value, list) else [value]
         if action.nargs == "+" and not values:
             raise UserError(f"config key '{key}' needs at least one value")
         return [one(v) for v in values]
     if isinstance(action.nargs, int):
-        if value is None and action.default is None:
-            return None
         if not isinstance(value, list) or len(value) != action.nargs:
             raise UserError(f"config key '{key}' takes a list of {action.nargs} values, got {value!r}")
         return [one(v) for v in value]
-    if isinstance(value, (list, dict)):
-        raise UserError(f"config key '{key}' takes one value, got {value!r}")
     return one(value)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error instead of the last one winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise UserError(f"key '{key}' is given twice (lines {seen[key]} and {line})")
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
 
 
 def read_config(path):
@@ -286,21 +325,25 @@ def read_config(path):
         raise UserError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f) or {}
+            cfg = yaml.load(f, Loader=_StrictLoader) or {}
+    except UserError as e:
+        raise UserError(f"config {path}: {e}")
     except yaml.YAMLError as e:
         raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"config {path} cannot be read as text ({type(e).__name__}: {e})")
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL or surrogate PyYAML cannot read
+        raise UserError(f"config {path} cannot be read as text ({type(e).__name__}: {str(e)[:120]})")
+    except RecursionError:
+        raise UserError(f"config {path} is nested too deeply to be a mapping of flag names to values")
     if not isinstance(cfg, dict):
         raise UserError(f"config {path} must be a mapping of flag names to values")
     return cfg
 
 
 def build_parser(problem, problems):
-    if problem not in problems:
-        raise UserError(f"unknown problem '{problem}'; choose from {', '.join(problems)}")
+    if not isinstance(problem, str) or problem not in problems:
+        raise UserError(f"unknown problem {problem!r}; choose from {', '.join(problems)}")
     p = Parser(prog="train.py", description=f"Train `{problem}`. Every flag can also be a key of the --config YAML.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_common_args(p)
     problems[problem].add_args(p)
     return p
@@ -319,60 +362,81 @@ def resumable(resume, root, name, problem, lock):
     return runlog.unfinished_run(root, name, problem, lock)
 
 
-def lock_wait(known, cfg):
+def lock_wait(run):
     """Seconds to wait for a run folder's lock, or None in a process that does not hold run folders: only global
     rank 0 does (under torchrun), or the launcher of node 0."""
-    node_rank = known.node_rank if known.node_rank is not None else cfg.get("node_rank", 0)
-    if os.environ.get("RANK", "0") != "0" or str(node_rank) != "0":
+    if os.environ.get("RANK", "0") != "0" or run.node_rank != 0:
         return None
-    wait = known.lock_wait if known.lock_wait is not None else cfg.get("lock_wait", 0)
-    try:
-        return NONNEGATIVE(wait)
-    except (argparse.ArgumentTypeError, ValueError):
-        raise UserError(f"argument --lock_wait: {wait} is not a number of seconds >= 0")
+    return run.lock_wait
 
 
-def parse_args(argv, problems, sources=None):
-    """The flags of a run (see the module's docstring). `sources`, a dict, receives where each flag's value came
-    from: 'command line', 'config', 'resumed run' or 'default'."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = Parser(add_help=False)
-    for flag in ("--problem", "--config", "--resume", "--root", "--name", "--node_rank", "--lock_wait", "--dry_run"):
-        pre.add_argument(flag)
-    known, _ = pre.parse_known_args(argv)
-    cfg = read_config(known.config) if known.config else {}
-    root = known.root or cfg.get("root") or os.environ.get("EXMAN_PATH", "./logs")
-    dry = str2bool(known.dry_run if known.dry_run is not None else cfg.get("dry_run", False))
-    resume = resumable(known.resume, root, known.name or cfg.get("name"), known.problem or cfg.get("problem"),
-                       None if dry else lock_wait(known, cfg))  # a dry run only reads
-    saved = checkpoint.saved_args(resume) if resume else {}
-    problem = known.problem or cfg.get("problem") or saved.get("problem") or "simclr"
-    if saved and problem != saved["problem"]:
-        raise UserError(f"--resume {resume} is a '{saved['problem']}' run, not '{problem}'")
-    parser = build_parser(problem, problems)
-
-    # the resumed run's own flags (not where it ran), then the config's, then the command line's
-    defaults = {k: v for k, v in saved.items()
-                if find_action(parser, k) is not None and k not in LAUNCH_FLAGS + ("config", "resume")}
-    for key, value in cfg.items():
-        action = find_action(parser, key)
-        if action is None or key in ("config", "help"):
-            raise UserError(f"unknown config key '{key}' in {known.config} for problem '{problem}'")
-        defaults[key] = _convert(action, key, value)
+def _layered(parser, argv, layers, sources):
+    """Parse `argv` over `layers`, a list of (name, {flag: value}) from the lowest to the highest; each layer's
+    values are already converted. `sources` (a dict or None) receives each flag's winning layer."""
+    defaults = {}
+    for _, values in layers:
+        defaults.update(values)
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     if sources is not None:
         unset = object()  # argparse fills in defaults only for what the namespace lacks: what changes was typed
         typed = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
         for key in vars(args):
-            sources[key] = ("command line" if getattr(typed, key) is not unset else "config" if key in cfg
-                            else "resumed run" if key in defaults else "default")
+            sources[key] = "command line" if getattr(typed, key) is not unset else next(
+                (name for name, values in reversed(layers) if key in values), "default")
+    return args
+
+
+def _config_values(parser, cfg, path, problem, strict=True):
+    """The config's values converted by `parser`'s flags; an unknown key is an error when `strict`."""
+    out = {}
+    for key, value in cfg.items():
+        action = find_action(parser, key) if isinstance(key, str) else None
+        if action is None or key in ("config", "help"):
+            if strict:
+                raise UserError(f"unknown config key '{key}' in {path} for problem '{problem}'")
+            continue
+        out[key] = _convert(action, key, value)
+    return out
+
+
+def parse_args(argv, problems, sources=None):
+    """The flags of a run (see the module's docstring). `sources`, a dict, receives where each flag's value came
+    from: 'command line', 'config', 'resumed run' or 'default'."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = Parser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    cfg_path = pre.parse_known_args(argv)[0].config
+    cfg = read_config(cfg_path) if cfg_path else {}
+
+    # first the flags that say which run this is, from the config and the command line alike
+    run_parser = Parser(add_help=False, allow_abbrev=False)
+    add_run_args(run_parser)
+    run_parser.set_defaults(**_config_values(run_parser, cfg, cfg_path, None, strict=False))
+    run = run_parser.parse_known_args(argv)[0]
+    resume = resumable(run.resume, run.root or default_root(), run.name, run.problem,
+                       None if run.dry_run else lock_wait(run))  # a dry run only reads
+    saved = checkpoint.saved_args(resume) if resume else {}
+    problem = run.problem or saved.get("problem") or "simclr"
+    if saved and problem != saved["problem"]:
+        raise UserError(f"--resume {resume} is a '{saved['problem']}' run, not '{problem}'")
+
+    # then every flag: the defaults, the resumed run's own flags (not where it ran), the config's, the command line's
+    parser = build_parser(problem, problems)
+    resumed = {k: v for k, v in saved.items()
+               if find_action(parser, k) is not None and k not in LAUNCH_FLAGS + ("config", "resume")}
+    args = _layered(parser, argv, [("resumed run", resumed),
+                                   ("config", _config_values(parser, cfg, cfg_path, problem))], sources)
     args.problem = problem
     args.resume = checkpoint.resolve(resume) if resume else None
     if args.root is None:
-        args.root = os.environ.get("EXMAN_PATH", "./logs")
+        args.root = default_root()
     if os.sep in args.name or args.name in (".", ".."):
         raise UserError(f"--name {args.name!r} is part of a folder name: no '{os.sep}', not '.' or '..'")
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         raise UserError(f"--root {args.root} is a file, not a folder")
     return args
+
+
+def default_root():
+    return os.environ.get("EXMAN_PATH", "./logs")
