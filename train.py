@@ -26,7 +26,7 @@ from utils.config import parse_args
 from utils.errors import UserError
 from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
-from utils.stops import Stops
+from utils.stops import StopFlag, Stopped, Stops
 
 PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2, "eval": LinearEval,
             "finetune": FineTune}
@@ -86,7 +86,7 @@ class Run:
     and the early stops (utils/stops.py). A problem's own `fit` calls `set_lr()` before and `step_done()` after
     each of its steps."""
 
-    def __init__(self, args, model, net, optimizer, scaler, folder, log, step):
+    def __init__(self, args, model, net, optimizer, scaler, folder, log, step, signals):
         self.args, self.model, self.net, self.optimizer, self.scaler = args, model, net, optimizer, scaler
         self.folder, self.log, self.step = folder, log, step
         self.steps_per_epoch = steps_per_epoch(len(model.train_data()), args.batch_size)
@@ -96,7 +96,7 @@ class Run:
         self.bar = tqdm(total=self.total, initial=step, disable=not dist.is_main() or self.done, leave=False,
                         desc=f"{args.problem} ({args.opt})" if self.full_batch else args.problem,
                         unit="iter" if self.full_batch else "it", dynamic_ncols=True)
-        self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.bar.close)
+        self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.bar.close, signals)
         self.loss_sum, self.loss_count, self.images, self.tick = torch.zeros((), device=model.device), 0, 0, time.time()
         self.batches = None
         self.unreadable = None  # image folders: the files that failed to decode, replaced by stand-ins
@@ -215,42 +215,73 @@ class Run:
 
 
 def train(args):
-    """Train `args.problem` in this process (one of W under DDP): a new run folder, or the resumed one."""
-    device = dist.pick_device(args.device)
-    model, optimizer, scaler = build(args, device)
-    args = model.args
-    if args.batch_size > len(model.train_data()):
-        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
-    net = distribute(model, args, device)
-    step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
-    if args.resume:
-        folder = os.path.dirname(args.resume)
-        if dist.is_main():
-            checkpoint.remove_stale_temporaries(folder)
-    else:
-        folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
-    log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
-    if log and not args.resume:
-        for name, text in model.run_files().items():
-            checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
-    if log:
-        log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
-    run = Run(args, model, net, optimizer, scaler, folder, log, step)
-    model.train()
-    model.fit(run)
-    run.bar.close()
-    if run.stopped_by:
-        if log:
-            again = " and the same launch flags (--dist ddp ..., or under torchrun)" if dist.world_size() > 1 else ""
-            log.print(f"stopped by signal {run.stopped_by} at step {run.step}; "
-                      f"continue with: python train.py --resume {folder}{again}")
-        sys.exit(128 + run.stopped_by)
-    if run.step == 0 and not args.resume:
-        run.save()
-    metrics = run.evaluate() if args.eval_freq >= 0 else {}
-    if log:
-        log.print(f"done {args.problem} {folder} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    """Train `args.problem` in this process (one of W under DDP): a new run folder, or the resumed one. The run is
+    finished once its last evaluation and save are done (runlog.DONE); `--resume` of a run stopped before that,
+    in its last step, evaluation or save, finishes it in its own folder."""
+    with StopFlag() as signals:  # the run's signal handlers, and the caller's again after it
+        run = None
+        try:
+            device = dist.pick_device(args.device)
+            model, optimizer, scaler = build(args, device)
+            args = model.args
+            if args.batch_size > len(model.train_data()):
+                raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} "
+                                f"training images")
+            net = distribute(model, args, device)
+            step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
+            if args.resume:
+                folder = os.path.dirname(args.resume)
+                if dist.is_main():
+                    checkpoint.remove_stale_temporaries(folder)
+            else:
+                folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
+            log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
+            if log and not args.resume:
+                for name, text in model.run_files().items():
+                    checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
+            if log:
+                log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
+            run = Run(args, model, net, optimizer, scaler, folder, log, step, signals)
+            model.train()
+            model.fit(run)
+            run.bar.close()
+            if run.stopped_by:
+                if log:
+                    log.print(f"stopped by signal {run.stopped_by} at step {run.step}; continue with: {resume_command(folder)}")
+                sys.exit(128 + run.stopped_by)
+            signals.stop_at_once()  # the final phase: no step is left to finish before stopping
+            metrics = finish(run, resumed_at_end=bool(args.resume) and step >= run.total)
+        except Stopped as stop:
+            if run is None:  # nothing was trained yet
+                print(f"train.py: stopped by signal {stop.signum} before the first step", file=sys.stderr)
+                sys.exit(128 + stop.signum)
+            run.bar.close()
+            if run.log:
+                phase = "in its final evaluation and save" if signals.at_once else f"at once, in step {run.step}"
+                run.log.print(f"stopped by signal {stop.signum} {phase}; {run.stops.last_checkpoint()}; "
+                              f"continue with: {resume_command(run.folder)}")
+            sys.exit(128 + stop.signum)
     return folder, metrics
+
+
+def finish(run, resumed_at_end):
+    """After the last step: the final save (again, when a resumed run may have stopped inside it), the final
+    evaluation, and the mark that the run is finished. Returns the evaluation's metrics."""
+    if (run.step == 0 and not run.args.resume) or resumed_at_end:
+        run.save()
+    metrics = run.evaluate() if run.args.eval_freq >= 0 else {}
+    if run.log:
+        try:
+            runlog.mark_done(run.folder, run.step, metrics)
+        except OSError as e:
+            run.stops.fail_write(e)
+        run.log.print(f"done {run.args.problem} {run.folder} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    return metrics
+
+
+def resume_command(folder):
+    again = " and the same launch flags (--dist ddp ..., or under torchrun)" if dist.world_size() > 1 else ""
+    return f"python train.py --resume {folder}{again}"
 
 
 def dry_run(args, sources):

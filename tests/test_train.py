@@ -16,8 +16,9 @@ from conftest import ROOT, TINY, saved, start_train, train_cli
 
 def test_pretrain_writes_an_exman_run_folder(runs):
     pre = runs["pre"]
-    assert sorted(os.listdir(pre)) == ["backbone.pth", "checkpoint.pth.tar", "log.txt", "logs.csv", "params.yaml",
-                                       "train.lock"]
+    assert sorted(os.listdir(pre)) == ["backbone.pth", "checkpoint.pth.tar", "done.yaml", "log.txt", "logs.csv",
+                                       "params.yaml", "train.lock"]
+    assert yaml.safe_load(open(os.path.join(pre, "done.yaml"))) == dict(step=6, **runs["pre_metrics"])
     logs = pd.read_csv(os.path.join(pre, "logs.csv"))
     assert logs["iter"].tolist() == [2, 4, 6]
     assert {"epoch", "lr", "train_loss", "img_per_s", "knn_acc1"} <= set(logs.columns)

@@ -110,10 +110,20 @@ def _read_params(path):
     return params
 
 
+DONE = "done.yaml"
+
+
+def mark_done(folder, step, metrics):
+    """The run is finished: its last step, save and evaluation are done (`--resume auto` starts a new run)."""
+    text = yaml.safe_dump(dict(step=step, **{k: float(v) for k, v in metrics.items()}), default_flow_style=False)
+    write_atomic(os.path.join(folder, DONE), lambda f: f.write(text.encode()))
+
+
 def unfinished_run(root, name, problem=None, lock=None):
-    """The newest run folder named `name` (of `problem`, when given) in the exman root if its checkpoint has not
-    reached its last step, else None. Runs without a checkpoint yet are passed over. With `lock` (the wait in
-    seconds), the run found is held by this process, after waiting for the process that trains it, if any."""
+    """The newest run folder named `name` (of `problem`, when given) in the exman root if it is not finished (no
+    runlog.DONE: stopped before or during its last step, evaluation or save), else None. Runs without a
+    checkpoint yet are passed over. With `lock` (the wait in seconds), the run found is held by this process,
+    after waiting for the process that trains it, if any."""
     runs = os.path.join(root, "runs")
     folders = sorted(os.listdir(runs), reverse=True) if os.path.isdir(runs) else []  # exman numbers them: newest last
     for folder in folders:
@@ -129,8 +139,7 @@ def unfinished_run(root, name, problem=None, lock=None):
         if not os.path.isfile(os.path.join(folder, checkpoint.CHECKPOINT)):
             release(folder)
             continue
-        ckpt = checkpoint.load(folder, mmap=True)
-        if ckpt["step"] < ckpt["total"]:
+        if not os.path.isfile(os.path.join(folder, DONE)):
             return folder
         release(folder)
         return None

@@ -12,27 +12,53 @@ import torch
 from utils import dist
 
 
+class Stopped(BaseException):
+    """Raised by a signal that must stop the run at once: a second signal, or any signal in the run's final phase
+    (its last evaluation and save), where no step is left to finish first. A BaseException, so that nothing
+    between the handler and `train()` takes it for an error of its own."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopFlag:
-    """SIGINT / SIGTERM ask the loop to stop after the current step, save a checkpoint and exit."""
+    """SIGINT / SIGTERM ask the loop to stop after the current step, save a checkpoint and exit; a second one, or
+    one in the final phase (`at_once`), raises `Stopped` where the process is. A context manager: the handlers
+    are the run's only while it runs, and the previous ones are back after it, however it ends."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.set)
+        self.signal, self.at_once, self.previous = None, False, None
+
+    def __enter__(self):
+        self.previous = {sig: signal.signal(sig, self.set) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def stop_at_once(self):
+        """From now on a signal stops the run where it is; one that came already stops it now."""
+        self.at_once = True
+        if self.signal is not None:
+            raise Stopped(self.signal)
 
     def set(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        first = self.signal is None
         self.signal = signum
+        if self.at_once or not first:
+            raise Stopped(signum)
 
 
 class Stops:
     """The checks that end a run early. `saved_step` is the step of the newest intact checkpoint (None: none yet);
-    `before_exit` runs before a failure is printed (the progress bar closes)."""
+    `before_exit` runs before a failure is printed (the progress bar closes); `signals` is the run's StopFlag."""
 
-    def __init__(self, problem, folder, device, step, resumed, before_exit):
-        self.problem, self.folder, self.before_exit = problem, folder, before_exit
-        self.signals = StopFlag()
+    def __init__(self, problem, folder, device, step, resumed, before_exit, signals):
+        self.problem, self.folder, self.before_exit, self.signals = problem, folder, before_exit, signals
         # a non-finite loss or gradient since the last check, kept on the device: reading it costs a GPU a sync
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.checked_step, self.saved_step = step, step if resumed else None
