@@ -9,6 +9,7 @@ import gzip
 import importlib.util
 import os
 import pickle
+import re
 import zlib
 
 import numpy as np
@@ -53,7 +54,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".
 
 
 def class_folders(root):
-    return sorted(d.name for d in os.scandir(root) if d.is_dir())
+    """The class folder names under `root`, sorted; an entry that cannot be looked at (a symlink loop, a dangling
+    or unreadable link) is refused: were it a class, every label after it would shift."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError as e:
+        raise UserError(f"{root} cannot be listed: {e.strerror}")
+    names = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                names.append(entry.name)
+        except OSError as e:
+            raise UserError(f"{entry.path} cannot be followed ({e.strerror}): point it at a class folder or remove it")
+    return sorted(names)
 
 
 class FolderData:
@@ -357,7 +371,7 @@ def read_label_subset(path, data):
                             f"called: file names do not pick images there")
         indices = [where[n][0] for n in names]
     else:
-        bad = next((n for n in names if not n.isdigit()), None)
+        bad = next((n for n in names if not re.fullmatch(r"[0-9]+", n)), None)  # isdigit() takes '²', int() does not
         if bad is not None:
             raise UserError(f"--label_subset {path}: {data.name} images are listed by index, not {bad!r}")
         indices = [int(n) for n in names]

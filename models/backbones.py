@@ -106,6 +106,22 @@ def backbone_spec(args, data):
     return spec
 
 
+def spec_problem(spec):
+    """Why `spec` (read from a file) rebuilds no backbone of this repo, or None when it does."""
+    arch = spec.get("arch") if isinstance(spec, dict) else None
+    if arch not in list(RESNETS) + REGNETS + ["regnet", "pixels"]:
+        return (f"its backbone is {arch!r}, which this repo cannot build (it builds {', '.join(RESNETS)}, the "
+                f"RegNetYs and regnet)")
+    if arch == "pixels":
+        need = ("in_channels", "image_size")
+    elif arch in RESNETS:
+        need = ("in_channels", "cifar_stem", "width", "stem_stride")
+    else:
+        need = ("in_channels", "cifar_stem") + (("regnet",) if arch == "regnet" else ())
+    missing = [k for k in need if k not in spec]
+    return f"its {arch} backbone's description lacks {', '.join(missing)}" if missing else None
+
+
 def build_backbone(spec):
     if spec["arch"] == "pixels":
         return Pixels(spec["in_channels"], spec["image_size"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from data.augment import Augment
 from data.datasets import ArrayData, balanced_subset, label_subset_lines, read_label_subset
-from models.backbones import build_backbone
+from models.backbones import build_backbone, spec_problem
 from models.base import Problem, load_data
 from models.heads import head_from_args
 from models.knn import bank_knn, eval_mode
@@ -27,6 +27,9 @@ def load_encoder(path):
         return types.SimpleNamespace(spec=None, weights={}, args={}, state=None)
     ckpt = checkpoint.load(path)
     spec, weights = checkpoint.backbone_weights(ckpt, path)
+    problem = spec_problem(spec)
+    if problem:
+        raise UserError(f"{checkpoint.resolve(path)}: {problem}")
     return types.SimpleNamespace(spec=spec, weights=weights, args=ckpt["args"], state=ckpt.get("model"))
 
 

@@ -1,6 +1,8 @@
 """`--problem finetune`: a pretrained backbone and a linear layer, all of it trained on the labelled images (or a
 class-balanced fraction of them, as the semi-supervised protocol of SimCLR and SwAV); `--encoder_ckpt none` trains
 the same recipe from a random initialisation, the supervised baseline."""
+import argparse
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -14,10 +16,41 @@ from utils.config import Range
 from utils.errors import UserError
 
 
+def _scratch_defaults():
+    p = config.Parser(add_help=False)
+    config.add_backbone_args(p, head=False)
+    return {a.dest: a.default for a in p._actions if a.option_strings and a.dest != "cifar_stem"}
+
+
+SCRATCH = _scratch_defaults()  # the backbone flags' defaults when no encoder sets them (cifar_stem: by image size)
+
+
+def encoder_arch_args(args, source):
+    """`args` with the backbone flags the user left unset taken from the encoder's backbone (the defaults without
+    an encoder); a flag set to another value than the encoder's is refused: the encoder's backbone is trained."""
+    if source is None:
+        return argparse.Namespace(**{**vars(args), **{k: v for k, v in SCRATCH.items() if getattr(args, k) is None}})
+    spec = source.spec
+    theirs = dict(arch=spec["arch"], width=spec.get("width"), stem_stride=spec.get("stem_stride"),
+                  cifar_stem=spec.get("cifar_stem"), **{f"regnet_{k}": v for k, v in spec.get("regnet", {}).items()})
+    out = dict(vars(args))
+    for key in list(SCRATCH) + ["cifar_stem"]:
+        mine, their = getattr(args, key), theirs.get(key)
+        if mine is not None and their is not None and mine != their:
+            raise UserError(f"--{key} {mine} contradicts --encoder_ckpt {args.encoder_ckpt}, whose backbone has "
+                            f"{key} {their}: leave --{key} unset to fine-tune that backbone")
+        out[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
+    return argparse.Namespace(**out)
+
+
 class FineTune(Problem):
     @staticmethod
     def add_args(p):
         config.add_backbone_args(p, head=False)
+        for action in p._actions:  # unset: the encoder's; the usual defaults with --encoder_ckpt none
+            if action.dest in SCRATCH:
+                action.default, action.help = None, action.help + f" (default: the encoder's; {SCRATCH[action.dest]} " \
+                                                                   "with --encoder_ckpt none)"
         g = p.add_argument_group("fine-tuning (--data and --data_root default to the encoder's)")
         g.add_argument("--encoder_ckpt", default=None,
                        help="pretrained run folder, checkpoint.pth.tar or backbone.pth whose backbone (as that run "
@@ -40,7 +73,7 @@ class FineTune(Problem):
         source = None if args.encoder_ckpt == "none" else load_encoder(args.encoder_ckpt)
         if source is not None and source.spec is None:
             raise UserError("--encoder_ckpt pixels has no weights to fine-tune: use `none` for a random-init backbone")
-        args = encoder_data_args(args, source.args if source else {})
+        args = encoder_arch_args(encoder_data_args(args, source.args if source else {}), source)
         data = load_data(args, pretrain=False, device=device)
         take_labelled(args, data)
         return cls(args, data, device, source)

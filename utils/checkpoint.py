@@ -11,6 +11,9 @@ import torch
 from utils import dist
 from utils.errors import UserError
 
+# where and how a run ran: on --resume these come from the new command line, never from the saved run
+LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device",
+                "lock_wait")
 CHECKPOINT = "checkpoint.pth.tar"
 BACKBONE = "backbone.pth"
 TMP = ".tmp"  # a file being written is <name>.tmp<pid>
@@ -150,6 +153,7 @@ def restore(path, model, optimizer, scaler):
     saved with, the random streams start afresh (distinct per rank and per resume point) and per-rank state
     (SwAV's queue, DeepCluster-v2's banks) is rebuilt by the model."""
     ckpt = load(path)
+    check_shapes(ckpt, model, path)
     model.load_state_dict(ckpt["model"])
     saved_opt = ckpt["args"].get("opt")
     try:
@@ -168,6 +172,34 @@ def restore(path, model, optimizer, scaler):
     else:
         model.reseed(step)
     return step
+
+
+def shapes(state, prefix=""):
+    """{name: shape} of every tensor in a state dict, the tensors of nested dicts (extra state) included."""
+    out = {}
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            out[prefix + key] = tuple(value.shape)
+        elif isinstance(value, dict):
+            out.update(shapes(value, f"{prefix}{key}."))
+    return out
+
+
+def check_shapes(ckpt, model, path):
+    """One line, before anything is loaded, when the checkpoint's tensors are not those of the model the flags
+    build: the first tensor that differs, and the flags whose values differ from the saved run's."""
+    there, here = shapes(ckpt["model"]), shapes(model.state_dict())
+    differ = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+    if not differ:
+        return
+    name = differ[0]
+    shown = {side: list(d[name]) if name in d else "absent" for side, d in (("there", there), ("here", here))}
+    saved = ckpt["args"]
+    flags = [f"--{k} {saved[k]} there, {v} here" for k, v in sorted(vars(model.args).items())
+             if k in saved and saved[k] != v and k not in LAUNCH_FLAGS + ("resume", "config", "dry_run")]
+    raise UserError(f"--resume {path}: the run's weights do not fit the model these flags build ({name}: "
+                    f"{shown['there']} there, {shown['here']} here); "
+                    + ("flags that differ from the run's: " + "; ".join(flags) if flags else "no flag differs from the run's"))
 
 
 def rng_state(generators):

@@ -19,9 +19,6 @@ import yaml
 from utils import checkpoint, runlog
 from utils.errors import UserError
 
-# where and how to run: on --resume these come from the new command line, never from the saved run
-LAUNCH_FLAGS = ("dist", "dist_address", "node_rank", "world_size", "num_proc_per_node", "dist_timeout", "device",
-                "lock_wait")
 
 
 def str2bool(s):
@@ -424,7 +421,7 @@ def parse_args(argv, problems, sources=None):
     # then every flag: the defaults, the resumed run's own flags (not where it ran), the config's, the command line's
     parser = build_parser(problem, problems)
     resumed = {k: v for k, v in saved.items()
-               if find_action(parser, k) is not None and k not in LAUNCH_FLAGS + ("config", "resume")}
+               if find_action(parser, k) is not None and k not in checkpoint.LAUNCH_FLAGS + ("config", "resume")}
     args = _layered(parser, argv, [("resumed run", resumed),
                                    ("config", _config_values(parser, cfg, cfg_path, problem))], sources)
     args.problem = problem

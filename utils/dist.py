@@ -8,6 +8,7 @@ NCCL on GPUs, gloo on CPU.
 """
 import datetime
 import gc
+import logging
 import os
 import re
 import signal
@@ -94,6 +95,7 @@ def launch(fn, args):
     if args.device and args.device.startswith("cuda") and nprocs > torch.cuda.device_count():
         raise UserError(f"--num_proc_per_node {nprocs} is more than the {torch.cuda.device_count()} GPUs here")
     # Ctrl-C reaches the workers from the terminal and they stop together; SIGTERM sent to this launcher is passed on.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # this launcher says why it stopped them
     ctx = mp.start_processes(_worker, args=(fn, args, nprocs), nprocs=nprocs, join=False, start_method="spawn")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in ctx.pids()])
@@ -151,8 +153,16 @@ def _setup(args, rank, world, local_rank, local_procs, init_method):
     else:
         args.device = "cpu"
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))  # no oversubscription of the cores
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=args.dist_timeout))
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=args.dist_timeout))
+    except dist.DistNetworkError as e:  # the rendezvous: rank 0 serves it at the address, the others connect
+        where = (f"--dist_address {args.dist_address}" if init_method.startswith("tcp") else
+                 f"MASTER_ADDR:MASTER_PORT {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}")
+        if "EADDRINUSE" in str(e):
+            raise UserError(f"{where}: the port is in use on this machine (another run, or another program): "
+                            f"choose a free one") from None
+        raise UserError(f"{where}: the process group cannot meet there ({str(e).strip().splitlines()[0][:200]})") from None
 
 
 class _Gather(torch.autograd.Function):
