@@ -48,9 +48,9 @@ class FineTune(Problem):
     def add_args(p):
         config.add_backbone_args(p, head=False)
         for action in p._actions:  # unset: the encoder's; the usual defaults with --encoder_ckpt none
-            if action.dest in SCRATCH:
-                action.default, action.help = None, action.help + f" (default: the encoder's; {SCRATCH[action.dest]} " \
-                                                                   "with --encoder_ckpt none)"
+            if action.dest in SCRATCH:  # ('%(default).0s' prints nothing, and keeps argparse from adding "None")
+                action.default = None
+                action.help += f" (default: the encoder's; {SCRATCH[action.dest]} with --encoder_ckpt none)%(default).0s"
         g = p.add_argument_group("fine-tuning (--data and --data_root default to the encoder's)")
         g.add_argument("--encoder_ckpt", default=None,
                        help="pretrained run folder, checkpoint.pth.tar or backbone.pth whose backbone (as that run "
