@@ -214,6 +214,30 @@ class Run:
         return metrics
 
 
+def open_run(args, signals):
+    """The problem built, its run folder made (or the resumed one read back) and its Run at the step to go on from."""
+    device = dist.pick_device(args.device)
+    model, optimizer, scaler = build(args, device)
+    args = model.args
+    if args.batch_size > len(model.train_data()):
+        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
+    net = distribute(model, args, device)
+    step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
+    if args.resume:
+        folder = os.path.dirname(args.resume)
+        if dist.is_main():
+            checkpoint.remove_stale_temporaries(folder)
+    else:
+        folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
+    log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
+    if log and not args.resume:
+        for name, text in model.run_files().items():
+            checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
+    if log:
+        log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
+    return Run(args, model, net, optimizer, scaler, folder, log, step, signals)
+
+
 def train(args):
     """Train `args.problem` in this process (one of W under DDP): a new run folder, or the resumed one. The run is
     finished once its last evaluation and save are done (runlog.DONE); `--resume` of a run stopped before that,
@@ -221,36 +245,18 @@ def train(args):
     with StopFlag() as signals:  # the run's signal handlers, and the caller's again after it
         run = None
         try:
-            device = dist.pick_device(args.device)
-            model, optimizer, scaler = build(args, device)
-            args = model.args
-            if args.batch_size > len(model.train_data()):
-                raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} "
-                                f"training images")
-            net = distribute(model, args, device)
-            step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
-            if args.resume:
-                folder = os.path.dirname(args.resume)
-                if dist.is_main():
-                    checkpoint.remove_stale_temporaries(folder)
-            else:
-                folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
-            log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
-            if log and not args.resume:
-                for name, text in model.run_files().items():
-                    checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
-            if log:
-                log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
-            run = Run(args, model, net, optimizer, scaler, folder, log, step, signals)
-            model.train()
-            model.fit(run)
+            run = open_run(args, signals)
+            resumed_at_end = run.done and bool(args.resume)
+            run.model.train()
+            run.model.fit(run)
             run.bar.close()
             if run.stopped_by:
-                if log:
-                    log.print(f"stopped by signal {run.stopped_by} at step {run.step}; continue with: {resume_command(folder)}")
+                if run.log:
+                    run.log.print(f"stopped by signal {run.stopped_by} at step {run.step}; continue with: "
+                                  f"{resume_command(run.folder)}")
                 sys.exit(128 + run.stopped_by)
             signals.stop_at_once()  # the final phase: no step is left to finish before stopping
-            metrics = finish(run, resumed_at_end=bool(args.resume) and step >= run.total)
+            return run.folder, finish(run, resumed_at_end)
         except Stopped as stop:
             if run is None:  # nothing was trained yet
                 print(f"train.py: stopped by signal {stop.signum} before the first step", file=sys.stderr)
@@ -261,7 +267,9 @@ def train(args):
                 run.log.print(f"stopped by signal {stop.signum} {phase}; {run.stops.last_checkpoint()}; "
                               f"continue with: {resume_command(run.folder)}")
             sys.exit(128 + stop.signum)
-    return folder, metrics
+        finally:
+            if run is not None:
+                run.bar.close()  # however the run ends: a caller that goes on gets no stale progress bar
 
 
 def finish(run, resumed_at_end):

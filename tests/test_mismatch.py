@@ -1,5 +1,6 @@
 """What does not fit is named in one line: a resumed run whose flags build other shapes, an encoder of an
 architecture this repo lacks or that contradicts the flags, odd entries in user files, a DDP port in use."""
+import argparse
 import os
 import socket
 
@@ -9,7 +10,8 @@ import torch
 import train
 from conftest import TINY, train_cli
 from test_bad_data import image_folder, refused_line
-from utils import checkpoint
+from utils import checkpoint, dist
+from utils.errors import UserError
 
 QUICK = TINY + ["--iters", "2", "--log_freq", "1", "--eval_freq", "-1"]
 
@@ -75,3 +77,14 @@ def test_a_ddp_port_in_use_is_one_line_naming_the_address(tmp_path):
     assert run.returncode == 2
     err = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"train.py: error: --dist_address {address}: the port is in use"), err
+
+
+def test_a_rendezvous_on_a_port_in_use_is_one_line_too(tmp_path):
+    """Where the launcher's own check cannot look (torchrun, or a port taken in between)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(UserError, match=f"--dist_address {address}: the port is in use"):
+            dist._setup(argparse.Namespace(device="cpu", dist_timeout=10, dist_address=address), 0, 2, 0, 1,
+                        f"tcp://{address}")

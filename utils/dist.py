@@ -7,11 +7,13 @@ Two ways to start W processes:
 NCCL on GPUs, gloo on CPU.
 """
 import datetime
+import errno
 import gc
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 
 import torch
@@ -91,6 +93,8 @@ def launch(fn, args):
         raise UserError(f"--node_rank {args.node_rank} must be in [0, --world_size {args.world_size})")
     if ":" not in args.dist_address:
         raise UserError(f"--dist_address {args.dist_address!r} must be host:port")
+    if args.node_rank == 0:
+        check_port(args.dist_address)
     nprocs = procs_per_node(args)
     if args.device and args.device.startswith("cuda") and nprocs > torch.cuda.device_count():
         raise UserError(f"--num_proc_per_node {nprocs} is more than the {torch.cuda.device_count()} GPUs here")
@@ -114,6 +118,25 @@ def launch(fn, args):
         print(f"{e}\ntrain.py: error: rank {failed} failed (above); the other processes of node {args.node_rank} were stopped",
               file=sys.stderr)
         sys.exit(1)
+
+
+def check_port(address):
+    """Node 0's rank 0 serves the rendezvous on the port, on every interface: a port in use is one line now,
+    rather than its peers' wait for a rendezvous that never comes."""
+    port = address.rpartition(":")[2]
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--dist_address {address!r} must be host:port, with a port from 1 to 65535")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store does: a closing connection is no user
+        try:
+            s.bind(("", int(port)))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(port_in_use(f"--dist_address {address}"))
+
+
+def port_in_use(where):
+    return f"{where}: the port is in use on this machine (another run, or another program): choose a free one"
 
 
 def _worker(local_rank, fn, args, nprocs):
@@ -160,8 +183,7 @@ def _setup(args, rank, world, local_rank, local_procs, init_method):
         where = (f"--dist_address {args.dist_address}" if init_method.startswith("tcp") else
                  f"MASTER_ADDR:MASTER_PORT {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}")
         if "EADDRINUSE" in str(e):
-            raise UserError(f"{where}: the port is in use on this machine (another run, or another program): "
-                            f"choose a free one") from None
+            raise UserError(port_in_use(where)) from None
         raise UserError(f"{where}: the process group cannot meet there ({str(e).strip().splitlines()[0][:200]})") from None
 
 
