@@ -18,7 +18,10 @@ def fmnist():
     return FMNIST_DEBIAN
 
 
-def train_cli(args, timeout=600, **kw):
+HANG = 1800  # seconds: a guard against a hung process, never a speed limit (a slow machine must still pass)
+
+
+def train_cli(args, timeout=HANG, **kw):
     """train.py in a fresh process, as a user runs it: (return code, stdout, stderr) in a CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, **kw)

@@ -4,6 +4,7 @@ folder has one writer."""
 import gzip
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -268,24 +269,30 @@ def test_a_held_run_folder_is_refused_naming_its_holder_and_freed_when_the_holde
 
 
 def test_a_second_launch_of_a_running_job_exits_2_and_the_first_finishes_untouched(tmp_path):
-    args = TINY[:-6] + ["--width", "0.25", "--iters", "100", "--log_freq", "1", "--save_freq", "2", "--eval_freq", "-1",
-                        "--name", "job", "--resume", "auto", "--root", str(tmp_path)]
-
+    args = TINY + ["--iters", "20", "--log_freq", "1", "--save_freq", "2", "--eval_freq", "-1", "--name", "job",
+                   "--resume", "auto", "--root", str(tmp_path)]
     first = start_train(args)
-    deadline = time.time() + 300
-    while not list(tmp_path.glob("runs/*/checkpoint.pth.tar")) and time.time() < deadline:
+    while not list(tmp_path.glob("runs/*/checkpoint.pth.tar")):
+        assert first.poll() is None, first.communicate()
         time.sleep(0.05)
-    # launched twice more while it trains: at once, and as a requeued job that waits for it to end (then a new run)
-    second, third = start_train(args), start_train(args + ["--lock_wait", "600", "--iters", "2"])
-    (_, err), (_, second_err), (third_out, third_err) = (p.communicate(timeout=300) for p in (first, second, third))
+    first.send_signal(signal.SIGSTOP)  # paused in the middle of its run, holding the folder: events, not timing
+    try:
+        # launched twice more while it trains: at once, and as a requeued job that waits for it to end (then a new run)
+        second = start_train(args)
+        _, second_err = second.communicate()
+        third = start_train(args + ["--lock_wait", "600", "--iters", "2"])
+        waiting = next((line for line in third.stdout if "waiting up to 600 s for the process of host" in line), None)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    (_, err), (_, third_err) = first.communicate(), third.communicate()
     assert first.returncode == 0, err
     assert second.returncode == 2 and second_err.strip().splitlines()[-1].startswith("train.py: error: "), second_err
     assert f"pid {first.pid}" in second_err.strip().splitlines()[-1]
-    assert third.returncode == 0 and "waiting up to 600 s for the process of host" in third_out, third_err
+    assert waiting is not None and third.returncode == 0, third_err
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2
     logs = pd.read_csv(runs[0] / "logs.csv")
-    assert logs["iter"].tolist() == list(range(1, 101))  # one writer: no row twice, none missing
+    assert logs["iter"].tolist() == list(range(1, 21))  # one writer: no row twice, none missing
     log = (runs[0] / "log.txt").read_text()
     assert log.count("run folder") == 1 and "resuming" not in log
-    assert saved(runs[0])["step"] == 100
+    assert saved(runs[0])["step"] == 20

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY, only_run, saved, start_train
+from conftest import HANG, ROOT, TINY, only_run, saved, start_train
 from test_bad_data import folder_run, image_folder
 from models.losses import info_nce_loss, sinkhorn
 from models.memory import init_memory_bank, spherical_kmeans
@@ -115,7 +115,7 @@ def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     root = tmp_path / "logs"
     launch = ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()]
     proc = start_train(DCV2 + launch + ["--root", str(root)])
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, err
     folder, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 8 and len(ckpt["rng"]) == 2  # each rank's random streams
@@ -125,7 +125,7 @@ def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     assert [len(b) for b in banks] == [256, 256] and sorted(torch.cat(banks).tolist()) == list(range(512))
     assert (ckpt["model"]["_extra_state"]["assignments"] >= 0).all()  # gathered from both ranks
     proc = start_train(["--resume", folder, "--iters", "12"] + launch)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, err
     _, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 12
@@ -143,7 +143,7 @@ def test_two_node_launches_make_one_run(tmp_path):
     npid += ["--subset", "128"]  # batch 64 over 2 ranks: an epoch is 2 steps
     nodes = two_nodes(npid + ["--root", str(root)], free_address())
     for node in nodes:
-        out, err = node.communicate(timeout=300)
+        out, err = node.communicate(timeout=HANG)
         assert node.returncode == 0, err
     folder, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
@@ -151,7 +151,7 @@ def test_two_node_launches_make_one_run(tmp_path):
     start = init_memory_bank(128, 128, torch.Generator().manual_seed(0))
     assert (ckpt["model"]["_extra_state"]["memory_bank"] != start).any(dim=1).all()
     proc = start_train(["--resume", folder, "--iters", "6"])  # on one process: fresh random streams, same folder
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, err
     assert checkpoint_of(root)[1]["step"] == 6
 
@@ -161,14 +161,14 @@ def test_torchrun_launches_from_its_environment(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_address().split(":")[1],
                            os.path.join(ROOT, "train.py")] + PRETRAIN + ["--root", str(root)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr
     folder, ckpt = checkpoint_of(root)
     assert ckpt["step"] == 4 and len(ckpt["rng"]) == 2
     # resumed under torchrun: rank 0 holds the run folder's lock, the other ranks follow it
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_address().split(":")[1],
                            os.path.join(ROOT, "train.py"), "--resume", folder, "--iters", "6"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr
     assert checkpoint_of(root)[1]["step"] == 6
 
@@ -180,7 +180,7 @@ def test_two_processes_list_the_unreadable_images_one_process_meets(tmp_path):
     two = start_train(folder_run(data, tmp_path / "two", "--iters", "3", "--workers", "0") +
               ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()])
     for proc in (one, two):
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=HANG)
         assert proc.returncode == 0, err
     lists = [(folder / "unreadable.txt").read_text() for folder in (only_run(tmp_path / "one"), only_run(tmp_path / "two"))]
     assert lists[0] and lists[0] == lists[1]  # each rank meets half of them: the list is their union
@@ -241,11 +241,11 @@ def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
     args = ["--problem", "eval", "--encoder_ckpt", runs["pre"], "--subset", "512", "--epochs", "10", "--batch_size", "128",
             "--linear_bn", "true", "--knn_k", "20"]
     one = start_train(args + ["--root", str(tmp_path / "one")])
-    out1, err = one.communicate(timeout=300)
+    out1, err = one.communicate(timeout=HANG)
     assert one.returncode == 0, err
     two = start_train(args + ["--root", str(tmp_path / "two"), "--dist", "ddp", "--num_proc_per_node", "2",
                       "--dist_address", free_address()])
-    out2, err = two.communicate(timeout=300)
+    out2, err = two.communicate(timeout=HANG)
     assert two.returncode == 0, err
     done = [re.search(r"^done eval .*$", out, re.M).group(0).split(" ", 3)[-1] for out in (out1, out2)]
     assert done[0] == done[1]  # test_acc1, test_acc5, knn_acc1, knn_acc5 all equal
@@ -255,7 +255,7 @@ def test_amp_bf16_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
     args = ["--problem", "simclr", "--iters", "24", "--log_freq", "4", "--amp", "true", "--amp_dtype", "bf16",
             "--eval_freq", "-1", "--root", str(tmp_path)] + TINY[:-4] + ["--opt", "adamw", "--lr", "2e-3", "--workers", "0"]
     proc = start_train(args)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 0, err
     logs = pd.read_csv(next(tmp_path.glob("runs/*/logs.csv")))
     loss = logs["train_loss"]
