@@ -23,7 +23,7 @@ from models.simclr import SimCLR
 from models.swav import SwAV
 from utils import checkpoint, dist, runlog
 from utils.config import parse_args
-from utils.errors import UserError
+from utils.errors import Failure, UserError
 from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
 from utils.stops import StopFlag, Stopped, Stops
@@ -254,19 +254,18 @@ def train(args):
                 if run.log:
                     run.log.print(f"stopped by signal {run.stopped_by} at step {run.step}; continue with: "
                                   f"{resume_command(run.folder)}")
-                sys.exit(128 + run.stopped_by)
+                raise Failure(code=128 + run.stopped_by)
             signals.stop_at_once()  # the final phase: no step is left to finish before stopping
             return run.folder, finish(run, resumed_at_end)
         except Stopped as stop:
             if run is None:  # nothing was trained yet
-                print(f"train.py: stopped by signal {stop.signum} before the first step", file=sys.stderr)
-                sys.exit(128 + stop.signum)
+                raise Failure(f"stopped by signal {stop.signum} before the first step", 128 + stop.signum)
             run.bar.close()
             if run.log:
                 phase = "in its final evaluation and save" if signals.at_once else f"at once, in step {run.step}"
                 run.log.print(f"stopped by signal {stop.signum} {phase}; {run.stops.last_checkpoint()}; "
                               f"continue with: {resume_command(run.folder)}")
-            sys.exit(128 + stop.signum)
+            raise Failure(code=128 + stop.signum)
         finally:
             if run is not None:
                 run.bar.close()  # however the run ends: a caller that goes on gets no stale progress bar
@@ -328,9 +327,10 @@ def main(argv=None):
         if args.dry_run:
             return dry_run(args, sources)
         return dist.launch(train, args)
-    except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Failure as e:  # a UserError (exit 2), a failed run (1) or a stop signal (128 + its number)
+        if str(e):
+            print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(e.code)
     finally:
         runlog.release()  # the run folder's lock, for a caller that goes on (the kernel drops it at exit anyway)
 

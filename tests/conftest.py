@@ -9,6 +9,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of 5 s or more (whole runs, several processes); "
+                                       "pytest -m 'not slow' is the fast tier")
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """The Debian Fashion-MNIST files; CI installs them (.ci/setup), so their absence is a failure, not a skip."""

@@ -90,6 +90,7 @@ def test_a_stand_in_is_a_fixed_readable_image_and_clean_batches_are_untouched(tm
     assert batches.take_unreadable() == bad and batches.take_unreadable() == set()
 
 
+@pytest.mark.slow
 def test_too_many_unreadable_images_stop_the_run_with_one_line_and_a_checkpoint(tmp_path, capsys):
     data = image_folder(tmp_path / "data")
     line = refused_line(folder_run(data, tmp_path / "logs", "--iters", "12", "--max_unreadable", "0.05"), capsys)
@@ -247,6 +248,7 @@ def holder(folder):
     return proc
 
 
+@pytest.mark.slow
 def test_a_held_run_folder_is_refused_naming_its_holder_and_freed_when_the_holder_dies(tmp_path, capsys):
     folder, _ = train.main(TINY + ["--iters", "2", "--eval_freq", "-1", "--name", "job", "--root", str(tmp_path)])
     before = {name: (tmp_path / "runs" / os.path.basename(folder) / name).read_bytes()
@@ -268,6 +270,7 @@ def test_a_held_run_folder_is_refused_naming_its_holder_and_freed_when_the_holde
     proc.wait()
 
 
+@pytest.mark.slow
 def test_a_second_launch_of_a_running_job_exits_2_and_the_first_finishes_untouched(tmp_path):
     args = TINY + ["--iters", "20", "--log_freq", "1", "--save_freq", "2", "--eval_freq", "-1", "--name", "job",
                    "--resume", "auto", "--root", str(tmp_path)]

@@ -65,6 +65,7 @@ def _gather_worker(rank, world, init, x, temperature, out):
     dist.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_crops,temperature", [(2, 0.5), (6, 0.1)])
 def test_two_processes_give_the_gradients_sinkhorn_codes_and_kmeans_of_one_process_on_all_the_data(tmp_path, num_crops, temperature):
     torch.manual_seed(1)
@@ -111,6 +112,7 @@ DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "3", "--h
         "--log_freq", "2", "--eval_freq", "-1"] + TINY  # 8 steps an epoch: k-means at step 0, and at 8 after the resume
 
 
+@pytest.mark.slow
 def test_per_node_launcher_trains_two_processes_and_resumes(tmp_path):
     root = tmp_path / "logs"
     launch = ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()]
@@ -137,6 +139,7 @@ def two_nodes(args, address):
                         "--dist_address", address], start_new_session=True) for i in (0, 1)]
 
 
+@pytest.mark.slow
 def test_two_node_launches_make_one_run(tmp_path):
     root = tmp_path / "logs"
     npid = ["--problem", "npid", "--num_negatives", "64", "--iters", "4", "--log_freq", "2", "--eval_freq", "-1"] + TINY
@@ -156,6 +159,7 @@ def test_two_node_launches_make_one_run(tmp_path):
     assert checkpoint_of(root)[1]["step"] == 6
 
 
+@pytest.mark.slow
 def test_torchrun_launches_from_its_environment(tmp_path):
     root = tmp_path / "logs"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -173,6 +177,7 @@ def test_torchrun_launches_from_its_environment(tmp_path):
     assert checkpoint_of(root)[1]["step"] == 6
 
 
+@pytest.mark.slow
 def test_two_processes_list_the_unreadable_images_one_process_meets(tmp_path):
     data = image_folder(tmp_path / "data")
     args = folder_run(data, tmp_path / "one", "--iters", "3", "--workers", "0")
@@ -196,6 +201,7 @@ def wait_for_rows(root, rows, procs, limit=240):
     raise AssertionError("training did not get going: " + "".join(p.stderr.read() for p in procs if p.poll() is not None))
 
 
+@pytest.mark.slow
 def test_a_killed_node_ends_the_other_within_the_timeout(tmp_path):
     root = tmp_path / "logs"
     nodes = two_nodes(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--save_freq", "1", "--dist_timeout", "60",
@@ -210,6 +216,7 @@ def test_a_killed_node_ends_the_other_within_the_timeout(tmp_path):
     assert ckpt["step"] >= 1  # step 1 was saved before step 2's row; step 2's save may have been cut off
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
     root = tmp_path / "logs"
     proc = start_train(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
@@ -224,6 +231,7 @@ def test_a_killed_worker_stops_its_node_and_is_named(tmp_path):
     assert re.search(r"train.py: error: rank [01] failed \(signal SIGKILL\)", err), err
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
     root = tmp_path / "logs"
     proc = start_train(PRETRAIN + ["--iters", "100000", "--log_freq", "1", "--dist", "ddp", "--num_proc_per_node", "2",
@@ -237,6 +245,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path)
     assert len(ckpt["rng"]) == 2
 
 
+@pytest.mark.slow
 def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
     args = ["--problem", "eval", "--encoder_ckpt", runs["pre"], "--subset", "512", "--epochs", "10", "--batch_size", "128",
             "--linear_bn", "true", "--knn_k", "20"]
@@ -251,6 +260,7 @@ def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
     assert done[0] == done[1]  # test_acc1, test_acc5, knn_acc1, knn_acc5 all equal
 
 
+@pytest.mark.slow
 def test_amp_bf16_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
     args = ["--problem", "simclr", "--iters", "24", "--log_freq", "4", "--amp", "true", "--amp_dtype", "bf16",
             "--eval_freq", "-1", "--root", str(tmp_path)] + TINY[:-4] + ["--opt", "adamw", "--lr", "2e-3", "--workers", "0"]

@@ -13,6 +13,7 @@ TUNE = ["--problem", "finetune", "--data", "fmnist", "--subset", "1000", "--batc
 SCRATCH = ["--encoder_ckpt", "none", "--arch", "resnet18", "--width", "0.125"]
 
 
+@pytest.mark.slow
 def test_training_from_scratch_beats_its_random_init(tmp_path, fmnist):
     _, init = train.main(TUNE + SCRATCH + ["--iters", "0", "--root", str(tmp_path / "a")])
     _, tuned = train.main(TUNE + SCRATCH + ["--iters", "60", "--root", str(tmp_path / "b")])
@@ -42,6 +43,7 @@ def test_a_zero_backbone_lr_trains_the_linear_layer_alone(runs, tmp_path):
     assert not torch.equal(saved(init)["model"][fc], saved(tuned)["model"][fc])
 
 
+@pytest.mark.slow
 def test_a_resumed_fine_tuning_ends_as_the_uninterrupted_one(tmp_path, fmnist):
     whole, _ = train.main(TUNE + SCRATCH + ["--iters", "12", "--label_fraction", "0.5", "--root", str(tmp_path / "a")])
     part, _ = train.main(TUNE + SCRATCH + ["--iters", "5", "--label_fraction", "0.5", "--root", str(tmp_path / "b")])

@@ -67,6 +67,7 @@ def test_a_label_list_line_that_looks_like_a_number_but_is_not_is_one_line(tmp_p
     assert "listed by index, not '²'" in line
 
 
+@pytest.mark.slow
 def test_a_ddp_port_in_use_is_one_line_naming_the_address(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -21,6 +21,7 @@ def execute(name, root, monkeypatch):
     return outputs, len(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["read_logs", "model_apply"])
 def test_notebook_executes(runs, monkeypatch, name):
     outputs, images = execute(name, runs["root"], monkeypatch)
@@ -37,6 +38,7 @@ def pretrained_only(tmp_path_factory, fmnist):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, missing", [("read_logs", "no runs under"), ("model_apply", "no pretraining run with")])
 def test_notebook_on_a_root_without_runs_says_so_in_one_line(tmp_path, monkeypatch, name, missing):
     outputs, images = execute(name, tmp_path, monkeypatch)

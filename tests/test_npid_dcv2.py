@@ -41,6 +41,7 @@ def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
     return a, b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--nce_z_momentum", "1"], ["--nce_z_momentum", "0.9", "--memory_init", "network"]])
 def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_path, flags):
     a, b = interrupted_equals_uninterrupted(tmp_path, NPID + SMALL + ["--loss_type", "nce"] + flags, stop=6, total=10)
@@ -101,6 +102,7 @@ def test_dcv2_first_bank_holds_training_mode_embeddings(fmnist):
                 torch.testing.assert_close(filled.bank[b, rows], twin.embed([crops[c]]))
 
 
+@pytest.mark.slow
 def test_dcv2_resumed_mid_epoch_equals_uninterrupted_with_its_banks_and_clusters(tmp_path):
     a, b = interrupted_equals_uninterrupted(tmp_path, DCV2 + SMALL, stop=6, total=10)
     assign_a, assign_b = a["model"]["_extra_state"]["assignments"], b["model"]["_extra_state"]["assignments"]
@@ -128,6 +130,7 @@ def random_init_knn(tmp_path_factory):
     return metrics["knn_acc1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_loss_falls_and_knn_beats_the_random_init_backbone(tmp_path, random_init_knn, method):
     folder, metrics = train.main(LEARN + METHODS[method] + ["--iters", "100", "--root", str(tmp_path)])

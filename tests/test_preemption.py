@@ -76,6 +76,7 @@ def saved_step(backbone_path):
 
 @pytest.mark.parametrize("preempt", [at_last_step, in_final_evaluation, in_final_save,
                                      killed_between_the_two_files_of_the_final_save])
+@pytest.mark.slow
 def test_a_run_preempted_at_its_end_is_finished_by_the_same_command(tmp_path, monkeypatch, capsys, uninterrupted,
                                                                    preempt):
     with monkeypatch.context() as m:

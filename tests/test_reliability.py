@@ -30,6 +30,7 @@ def refused(argv, tmp_path, capsys):
     return err[0]
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_stops_the_run_and_writes_nothing(tmp_path):
     good = cli(QUICK + ["--root", str(tmp_path)])
     assert good.returncode == 0, good.stderr
@@ -108,6 +109,7 @@ def test_a_save_that_fails_half_way_keeps_the_last_checkpoint_and_leaves_no_temp
     assert not [f for f in os.listdir(folder) if checkpoint.TMP in f]
 
 
+@pytest.mark.slow
 def test_resume_removes_the_temporary_files_of_dead_processes(tmp_path):
     run = cli(QUICK + ["--root", str(tmp_path)])
     assert run.returncode == 0, run.stderr
@@ -121,6 +123,7 @@ def test_resume_removes_the_temporary_files_of_dead_processes(tmp_path):
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_resume_with_another_optimiser_starts_it_afresh_with_a_warning(tmp_path):
     first = cli(QUICK + ["--root", str(tmp_path)])  # AdamW
     assert first.returncode == 0, first.stderr
@@ -144,6 +147,7 @@ def test_environment_mistakes_are_one_line(tmp_path, capsys):
     assert "is not a device" in refused(["--device", "gpu0"], tmp_path, capsys)
 
 
+@pytest.mark.slow
 def test_a_machine_without_git_runs_training(tmp_path):
     """exman imports GitPython, which fails to import where no git program is on the PATH (GPU images, slim
     containers); the run must not depend on it."""
@@ -154,6 +158,7 @@ def test_a_machine_without_git_runs_training(tmp_path):
     assert (only_run(tmp_path / "logs") / "logs.csv").exists()
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_a_run_then_continues_it_after_a_preemption(tmp_path):
     args = QUICK[:-6] + ["--iters", "20", "--log_freq", "1", "--save_freq", "1", "--eval_freq", "-1",
                          "--name", "job", "--resume", "auto", "--root", str(tmp_path)]

@@ -37,6 +37,7 @@ def everything(tmp_path_factory, fmnist):
     return tmp_path, ran, rows, doc
 
 
+@pytest.mark.slow
 def test_every_method_gets_its_rows_curves_and_saved_steps(everything):
     tmp_path, ran, rows, doc = everything
     assert [r.method for r in ran] == ALL and [m for m, _, _ in rows] == ALL
@@ -119,6 +120,7 @@ def test_mean_std_is_the_sample_standard_deviation():
     assert results.mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
 
 
+@pytest.mark.slow
 def test_an_interrupted_probe_keeps_the_pretraining_and_changed_flags_redo_it(tmp_path, fmnist, monkeypatch):
     real = results.train.main
 

@@ -1,5 +1,6 @@
 """SwAV end to end on a Fashion-MNIST subset: the loss falls, the queue switches on and survives a resume, NaN stops cleanly."""
 import pandas as pd
+import pytest
 import torch
 
 from conftest import TINY, only_run, saved, train_cli as cli
@@ -9,6 +10,7 @@ SWAV = ["--problem", "swav", "--num_prototypes", "30", "--queue_length", "128", 
         "--lr_schedule", "const"] + TINY  # 512 images, batch 64: 8 steps an epoch, the queue fills in 2
 
 
+@pytest.mark.slow
 def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):
     whole = cli(SWAV + ["--iters", "24", "--root", str(tmp_path / "a")])
     assert whole.returncode == 0, whole.stderr
@@ -28,6 +30,7 @@ def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):
     assert torch.equal(a["rank_state"][0]["queue"], b["rank_state"][0]["queue"])
 
 
+@pytest.mark.slow
 def test_prototypes_stay_frozen_for_their_first_steps_with_multi_crop(tmp_path):
     multi_crop = ["--num_crops", "2", "2", "--size_crops", "20", "12", "--min_scale_crops", "0.3", "0.1",
                   "--max_scale_crops", "1", "0.3"]
@@ -39,6 +42,7 @@ def test_prototypes_stay_frozen_for_their_first_steps_with_multi_crop(tmp_path):
     assert momentum_buffers == trainable - 1  # every parameter but the one prototype layer
 
 
+@pytest.mark.slow
 def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
     first = cli(SWAV + ["--iters", "4", "--root", str(tmp_path)])
     assert first.returncode == 0, first.stderr

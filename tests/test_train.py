@@ -72,6 +72,7 @@ def test_lbfgs_probe_resumed_equals_uninterrupted(tmp_path):
     assert (losses.diff().dropna() < 0).all()  # a line search never goes uphill
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     args = ["--problem", "simclr", "--iters", "10", "--log_freq", "1", "--save_freq", "1000", "--width", "0.25",
             "--eval_freq", "-1"] + TINY[:-4] + ["--opt", "lars", "--lr", "0.5", "--warmup", "0.3", "--workers", "0"]

@@ -20,7 +20,6 @@ from utils import checkpoint, runlog
 from utils.errors import UserError
 
 
-
 def str2bool(s):
     if isinstance(s, bool):
         return s
@@ -255,10 +254,6 @@ def find_action(parser, key):
         if action.dest == key and action.option_strings:
             return action
     return None
-
-
-def _takes_bool(action):
-    return action.type is str2bool or getattr(action.type, "inner", None) is str2bool
 
 
 def _convert(action, key, value):

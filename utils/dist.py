@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from utils.errors import UserError
+from utils.errors import Failure, UserError
 
 LOST_GROUP = 3  # exit code of a rank whose peers died or stopped answering
 
@@ -144,10 +144,10 @@ def _worker(local_rank, fn, args, nprocs):
     try:
         _setup(args, rank, args.world_size * nprocs, local_rank, nprocs, f"tcp://{args.dist_address}")
         fn(args)
-    except UserError as e:
-        if local_rank == 0:  # the same mistake on every rank: say it once per node
+    except Failure as e:
+        if str(e) and (local_rank == 0 or not isinstance(e, UserError)):  # a user's mistake: once per node
             print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.code)
     except RuntimeError as e:  # gloo and NCCL report a dead or hung peer as a RuntimeError (DistBackendError)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not isinstance(e, dist.DistBackendError) and not re.search(r"gloo|nccl|connection|timed? ?out", first, re.I):

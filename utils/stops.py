@@ -1,15 +1,15 @@
 """How a run ends before its last step: a stop signal, a non-finite loss or gradient, or a write that fails.
 
-Each says one line on stderr that names what happened and which checkpoint is intact; a signal stops every
+Each raises a `Failure` whose one line names what happened and which checkpoint is intact; a signal stops every
 rank after the same step (with a checkpoint), the others exit with code 1 and write nothing non-finite.
 """
 import os
 import signal
-import sys
 
 import torch
 
 from utils import dist
+from utils.errors import Failure
 
 
 class Stopped(BaseException):
@@ -114,8 +114,7 @@ class Stops:
 
     def fail(self, what):
         self.before_exit()
-        print(f"train.py: error: {what}; {self.last_checkpoint()}", file=sys.stderr)
-        sys.exit(1)
+        raise Failure(f"{what}; {self.last_checkpoint()}")
 
     def last_checkpoint(self):
         if self.saved_step is None:
