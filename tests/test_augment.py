@@ -111,3 +111,19 @@ def test_mismatched_multicrop_lists_are_rejected():
     args = SimpleNamespace(num_crops=[2, 6], size_crops=[224], min_scale_crops=[0.14, 0.05], max_scale_crops=[1, 0.14])
     with pytest.raises(ValueError, match="one value per crop size"):
         A.from_args(args, None, gen())
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_the_gpus_sync_free_colour_distortion_gives_the_cpus_pixels_bit_for_bit(channels, monkeypatch):
+    aug = A.Augment([1], [20], [0.08], [1.0], [0.5] * channels, [0.25] * channels, channels, blur_prob=0.5,
+                    solarize_prob=0.3, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(128, channels, 20, 20, generator=torch.Generator().manual_seed(1))
+    p = aug.sample(len(x), 20)
+    picked = aug.distort_picked(x.clone(), p)
+
+    def no_host_read(self):
+        raise AssertionError("a mask was read back on the host")
+    monkeypatch.setattr(torch.Tensor, "__bool__", no_host_read)  # what `if m.any():` costs a GPU
+    everywhere = aug.distort_everywhere(x.clone(), p)
+    monkeypatch.undo()
+    assert torch.equal(picked, everywhere) and not torch.equal(picked, x)
