@@ -73,6 +73,14 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+COMPAT = "recipe compatibility (each a published source's convention; the defaults suit a new recipe)"
+
+
+def compat_group(p):
+    """The help group of the flags that reproduce one source's quirk, apart from the flags most runs touch."""
+    return next((g for g in p._action_groups if g.title == COMPAT), None) or p.add_argument_group(COMPAT)
+
+
 def add_run_args(p):
     """The flags that say which run this is and where it lives: read first, to find the run --resume names."""
     g = p.add_argument_group("run")
@@ -114,7 +122,7 @@ def add_common_args(p):
     g.add_argument("--decode", default="workers", choices=["workers", "device"],
                    help="folder datasets: workers decode and crop, or workers only read the JPEG bytes and the "
                         "training device decodes (TorchCodec: nvJPEG on CUDA) and crops (roi_align, an area average)")
-    g.add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
+    compat_group(p).add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
                    help="image folders: the filter of the training crops and of the evaluation resize, antialiased; "
                         "bilinear is torchvision's default, the SwAV and VISSL recipes'; simclr-pytorch's is bicubic")
     g.add_argument("--skip_images", default=None,
@@ -163,14 +171,14 @@ def add_common_args(p):
                    help="lr = base * batch/256 (linear), * sqrt(batch/256) (sqrt), or as given (none)")
     g.add_argument("--lr_schedule", default="cosine", choices=["cosine", "multistep", "linear", "const"],
                    help="shape after the warmup (linear: straight down to --final_lr)")
-    g.add_argument("--lr_interval", default="step", choices=["step", "epoch"],
+    compat_group(p).add_argument("--lr_interval", default="step", choices=["step", "epoch"],
                    help="how often the lr changes: every step, or at each epoch's start (VISSL's update_interval)")
     g.add_argument("--warmup", type=PROBABILITY, default=0.0, help="fraction of the steps spent in linear warmup")
-    g.add_argument("--warmup_start_lr", type=NONNEGATIVE, default=0.0,
+    compat_group(p).add_argument("--warmup_start_lr", type=NONNEGATIVE, default=0.0,
                    help="base lr at step 0 of the warmup (scaled like --lr)")
     g.add_argument("--final_lr", type=NONNEGATIVE, default=0.0,
                    help="base lr at the end of the cosine (scaled like --lr)")
-    g.add_argument("--cosine_time", default="after_warmup", choices=["after_warmup", "global"],
+    compat_group(p).add_argument("--cosine_time", default="after_warmup", choices=["after_warmup", "global"],
                    help="after_warmup: the cosine runs from the peak at the warm-up's end to --final_lr; global: it "
                         "is taken at the run's overall progress (VISSL's interval_scaling [rescaled, fixed]), so the "
                         "lr just after the warm-up is already below the peak")
@@ -182,14 +190,14 @@ def add_common_args(p):
     g.add_argument("--nesterov", type=str2bool, default=False, help="Nesterov momentum for SGD")
     g.add_argument("--exclude_bias_and_norm", type=str2bool, default=True,
                    help="parameters with ndim <= 1 get no weight decay and no LARS adaptation")
-    g.add_argument("--decay_bias", type=str2bool, default=False,
+    compat_group(p).add_argument("--decay_bias", type=str2bool, default=False,
                    help="with --exclude_bias_and_norm: the biases of conv and linear layers are decayed (and adapted) "
                         "all the same, only normalisation layers' parameters are left out (VISSL's regularize_bias "
                         "true with regularize_bn false)")
     g.add_argument("--larc_trust_coefficient", type=POSITIVE, default=0.001, help="LARS trust coefficient eta")
     g.add_argument("--larc_clip", type=str2bool, default=False, help="LARC clipping: adaptive rate min(a/lr, 1)")
     g.add_argument("--larc_eps", type=NONNEGATIVE, default=1e-8, help="LARS epsilon in the trust ratio")
-    g.add_argument("--lars_rule", default="larc", choices=["larc", "simclr"],
+    compat_group(p).add_argument("--lars_rule", default="larc", choices=["larc", "simclr"],
                    help="LARS trust ratio: larc = eta |p| / (|g| + wd |p| + eps) (Apex LARC: VISSL, swav); simclr = "
                         "eta |p| / |g + wd p| (SimCLR's LARS, simclr-pytorch; --larc_eps and --larc_clip unused)")
     g.add_argument("--knn_k", type=INT1, default=200, help="neighbours of the kNN classifier")
@@ -207,7 +215,7 @@ def add_backbone_args(p, head=True):
                    help="ResNet width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
     g.add_argument("--cifar_stem", type=none_or(str2bool), default=None,
                    help="3x3 stem without max-pool (default: true for images of 64 px or less)")
-    g.add_argument("--stem_stride", type=int, default=1, choices=[1, 2], help="stride of the CIFAR stem's conv")
+    compat_group(p).add_argument("--stem_stride", type=int, default=1, choices=[1, 2], help="stride of the CIFAR stem's conv")
     g.add_argument("--regnet_depth", type=INT1, default=16, help="--arch regnet: number of blocks")
     g.add_argument("--regnet_w_0", type=Range(int, ge=8), default=48, help="--arch regnet: initial width")
     g.add_argument("--regnet_w_a", type=NONNEGATIVE, default=27.89, help="--arch regnet: width slope")
@@ -221,7 +229,7 @@ def add_backbone_args(p, head=True):
     g.add_argument("--embedding_dim", type=INT1, default=128, help="output width of the head")
     g.add_argument("--head_use_bn", type=str2bool, default=True, help="BatchNorm after each hidden layer of the head")
     g.add_argument("--head_use_relu", type=str2bool, default=True, help="ReLU after each hidden layer of the head")
-    g.add_argument("--head_out_bn", type=str2bool, default=False,
+    compat_group(p).add_argument("--head_out_bn", type=str2bool, default=False,
                    help="no bias in the head's last Linear, then BatchNorm with a learned scale and no shift "
                         "(simclr-pytorch's head)")
 

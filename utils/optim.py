@@ -5,12 +5,31 @@ import torch
 import torch.nn as nn
 
 
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum whose gradient is rescaled per parameter by the LARC trust ratio.
+def _norms(tensors):
+    return torch.stack(torch._foreach_norm(tensors))
 
-    a = eta * |p| / (|g| + wd * |p| + eps); with clip, a = min(a / lr, 1); a = 1 where |p| or |g| is 0.
-    g <- (g + wd * p) * a;  v <- mu * v + g;  p <- p - lr * v.
-    rule="simclr" takes SimCLR's ratio instead, a = eta * |p| / |g + wd * p| (no eps, no clip).
+
+def larc_ratio(group, p_norms, grads, decayed):
+    """Apex's LARC (VISSL, swav): a = eta |p| / (|g| + wd |p| + eps); with clip, a = min(a / lr, 1)."""
+    g_norms = _norms(grads)
+    ratio = group["trust_coefficient"] * p_norms / (g_norms + group["weight_decay"] * p_norms + group["eps"])
+    if group["clip"]:
+        ratio = torch.clamp(ratio / group["lr"], max=1.0)
+    return ratio, g_norms
+
+
+def simclr_ratio(group, p_norms, grads, decayed):
+    """SimCLR's LARS (simclr-pytorch): a = eta |p| / |g + wd p|, the norm of the decayed gradient; no eps, no clip."""
+    g_norms = _norms(decayed)
+    return group["trust_coefficient"] * p_norms / g_norms, g_norms
+
+
+TRUST_RATIOS = {"larc": larc_ratio, "simclr": simclr_ratio}  # --lars_rule
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose gradient is rescaled per parameter by a trust ratio a (`rule`, TRUST_RATIOS):
+    g <- (g + wd * p) * a;  v <- mu * v + g;  p <- p - lr * v, with a = 1 where |p| or |g| is 0.
     A param group with `lars_exclude: True` skips the adaptation (a = 1) and uses its own weight decay.
     """
 
@@ -32,25 +51,14 @@ class LARS(torch.optim.Optimizer):
                 continue
             grads = [p.grad for p in params]
             wd, lr = group["weight_decay"], group["lr"]
-            simclr = group.get("rule", "larc") == "simclr"
-            if wd != 0 and simclr:  # SimCLR's ratio takes the norm of the decayed gradient
-                grads = torch._foreach_add(grads, params, alpha=wd)
+            decayed = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads
             if not group["lars_exclude"]:
-                p_norms = torch.stack(torch._foreach_norm(params))
-                g_norms = torch.stack(torch._foreach_norm(grads))
-                if simclr:
-                    ratio = group["trust_coefficient"] * p_norms / g_norms
-                else:
-                    ratio = group["trust_coefficient"] * p_norms / (g_norms + wd * p_norms + group["eps"])
-                    if group["clip"]:
-                        ratio = torch.clamp(ratio / lr, max=1.0)
+                p_norms = _norms(params)
+                ratio, g_norms = TRUST_RATIOS[group.get("rule", "larc")](group, p_norms, grads, decayed)
                 ratio = torch.where((p_norms > 0) & (g_norms > 0), ratio, torch.ones_like(ratio))
-            if wd != 0 and not simclr:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            if not group["lars_exclude"]:
-                grads = torch._foreach_mul(grads, list(ratio.unbind()))
+                decayed = torch._foreach_mul(decayed, list(ratio.unbind()))
             bufs = []
-            for p, g in zip(params, grads):
+            for p, g in zip(params, decayed):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = g.clone()
@@ -135,25 +143,40 @@ def scale_lr(base, batch_size, rule):
     return base
 
 
+def epoch_start(step, steps_per_epoch):
+    """--lr_interval epoch (VISSL's update_interval): the lr of a step is that of its epoch's first step."""
+    return step // steps_per_epoch * steps_per_epoch
+
+
+def after_warmup(step, warmup_steps, total_steps):
+    """--cosine_time after_warmup: the cosine runs from the peak at the warm-up's end to the last step."""
+    return (step - warmup_steps) / max(1, total_steps - warmup_steps)
+
+
+def global_time(step, warmup_steps, total_steps):
+    """--cosine_time global (VISSL's interval_scaling [rescaled, fixed]): the cosine is taken at the run's overall
+    progress, so the lr just after the warm-up is already below the peak."""
+    return step / max(1, total_steps)
+
+
+LR_STEP = {"step": lambda step, steps_per_epoch: step, "epoch": epoch_start}  # --lr_interval
+COSINE_TIME = {"after_warmup": after_warmup, "global": global_time}  # --cosine_time
+
+
 def lr_at(step, total_steps, steps_per_epoch, args):
-    """Learning rate of optimiser step `step` (0-based): warmup, then cosine / multistep / const."""
+    """Learning rate of optimiser step `step` (0-based): warmup, then cosine / linear / multistep / const."""
     peak = scale_lr(args.lr, args.batch_size, args.lr_scaling)
     start = scale_lr(args.warmup_start_lr, args.batch_size, args.lr_scaling)
     final = scale_lr(args.final_lr, args.batch_size, args.lr_scaling)
     warmup_steps = int(round(args.warmup * total_steps))
-    if args.lr_interval == "epoch":  # the value at the start of the step's epoch
-        step = step // steps_per_epoch * steps_per_epoch
+    step = LR_STEP[args.lr_interval](step, steps_per_epoch)
     if step < warmup_steps:
         return start + (peak - start) * step / warmup_steps
     if args.lr_schedule == "cosine":
-        if args.cosine_time == "global":
-            t = step / max(1, total_steps)
-        else:
-            t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        t = COSINE_TIME[args.cosine_time](step, warmup_steps, total_steps)
         return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * t))
     if args.lr_schedule == "linear":
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return peak + (final - peak) * t
+        return peak + (final - peak) * after_warmup(step, warmup_steps, total_steps)
     if args.lr_schedule == "multistep":
         passed = sum(step >= round(e * steps_per_epoch) for e in args.lr_steps)
         return peak * args.lr_gamma ** passed
