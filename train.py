@@ -83,8 +83,7 @@ def train_step(model, net, optimizer, scaler, batch, step):
 
 class Run:
     """A run in progress, from `step` to `total`: the loop, the schedule, logs.csv rows, evaluations, checkpoints
-    and the early stops (utils/stops.py). A problem's own `fit` calls `set_lr()` before and `step_done()` after
-    each of its steps."""
+    and the early stops (utils/stops.py)."""
 
     def __init__(self, args, model, net, optimizer, scaler, folder, log, step, signals):
         self.args, self.model, self.net, self.optimizer, self.scaler = args, model, net, optimizer, scaler
@@ -92,7 +91,7 @@ class Run:
         self.steps_per_epoch = steps_per_epoch(len(model.train_data()), args.batch_size)
         self.total = total_steps(args, len(model.train_data()))
         self.done, self.stopped_by, self.lr = step >= self.total, None, 0.0
-        self.full_batch = args.opt == "lbfgs"  # one step is one pass over the data: show iterations and the objective
+        self.full_batch = model.full_batch  # one step is one pass over the data: show iterations and the objective
         self.bar = tqdm(total=self.total, initial=step, disable=not dist.is_main() or self.done, leave=False,
                         desc=f"{args.problem} ({args.opt})" if self.full_batch else args.problem,
                         unit="iter" if self.full_batch else "it", dynamic_ncols=True)
@@ -102,6 +101,13 @@ class Run:
         self.unreadable = None  # image folders: the files that failed to decode, replaced by stand-ins
         if isinstance(model.train_data(), FolderData):
             self.unreadable = UnreadableList(model.train_data(), folder, args.max_unreadable)
+
+    def full_batch_loop(self):
+        """The loop of a problem without batches (the L-BFGS probe): each step one pass over every training image."""
+        while not self.done:
+            self.set_lr()
+            loss, images = self.model.full_batch_step(self.optimizer)
+            self.step_done(loss, {}, {}, images)
 
     def loop(self):
         """The training loop of every problem: epochs of batches, one optimiser step each, until done or stopped."""
@@ -248,7 +254,10 @@ def train(args):
             run = open_run(args, signals)
             resumed_at_end = run.done and bool(args.resume)
             run.model.train()
-            run.model.fit(run)
+            if run.model.trains and run.full_batch:
+                run.full_batch_loop()
+            elif run.model.trains:
+                run.loop()
             run.bar.close()
             if run.stopped_by:
                 if run.log:

@@ -8,8 +8,8 @@ A problem is an nn.Module built by `Problem.build(args, device)`. The loop calls
 - `after_backward(step)`: gradients are ready, the optimiser has not stepped (SwAV drops frozen prototypes');
 - `after_step(step, out)`: the optimiser has stepped (memory banks and queues are updated here);
 - `evaluate() -> metrics`, at --eval_freq and at the end.
-`fit(run)` trains from run.step to run.total: `run.loop()` for every problem but the L-BFGS probe, whose
-full-batch steps take a closure (its own short loop, still through `run.set_lr()` and `run.step_done()`).
+A problem with `full_batch` True (the L-BFGS probe) has no batches: the loop calls its `full_batch_step(optimizer)`,
+one pass over every training image, instead; one with `trains` False (a probe re-scored) is only evaluated.
 Saved state: every random draw comes from the problem's own generators (`self.generator(name)`), saved per rank.
 State that every rank holds alike (NPID's bank, DeepCluster-v2's centroids) goes in `get_extra_state()`, so in
 the model's state_dict; state that differs per rank (SwAV's queue, DeepCluster-v2's banks) in `rank_state()`.
@@ -112,11 +112,11 @@ class Problem(nn.Module):
                             workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
                             decode=self.args.decode)
 
+    full_batch = False  # True: each step is full_batch_step(optimizer), one pass over every training image
+    trains = True  # False: nothing to train, the run is its final evaluation
+
     def make_optimizer(self):
         return optim.build_optimizer(self, self.args)
-
-    def fit(self, run):
-        run.loop()
 
     def on_epoch_start(self, epoch, batches):
         pass

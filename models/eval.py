@@ -195,6 +195,8 @@ class LinearEval(Problem):
             self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)
         if args.eval_only:
             self.load_state_dict(source.state)
+        self.trains, self.full_batch = not args.eval_only, args.opt == "lbfgs" and not args.eval_only
+        self._full_batch = None  # the L-BFGS probe's (features, labels), through its BatchNorm
         self.memory = self.memory_bank_of(source) if args.knn_memory_bank else None
 
     def memory_bank_of(self, source):
@@ -229,39 +231,33 @@ class LinearEval(Problem):
         feats, labels = self.features()[0]
         return FeatureData(feats, labels, self.data.train.num_classes)
 
-    def fit(self, run):
-        if self.args.eval_only:
-            return
-        if self.args.opt == "lbfgs":
-            self.fit_lbfgs(run)
-        else:
-            run.loop()
-
-    def fit_lbfgs(self, run):
-        """Full-batch L-BFGS, one iteration per step: every training feature in each loss evaluation.
+    def full_batch_step(self, optimizer):
+        """One L-BFGS iteration, every training feature in each loss evaluation; returns (the loss before the step,
+        the images it saw).
 
         The features pass the probe's BatchNorm once, whose statistics become those of the whole set, so every
-        evaluation of the line search sees the same inputs, bit for bit. The logged loss is the one before the step.
+        evaluation of the line search sees the same inputs, bit for bit.
         """
-        feats, labels = self.features()[0]
-        norm, linear = self.classifier
-        if isinstance(norm, nn.BatchNorm1d):
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average: after one batch, that batch's mean and variance
-            with torch.no_grad():
-                feats = norm.train()(feats)
-        while not run.done:
-            run.set_lr()
-            first = []
+        if self._full_batch is None:
+            feats, labels = self.features()[0]
+            norm = self.classifier[0]
+            if isinstance(norm, nn.BatchNorm1d):
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average: after one batch, that batch's mean and variance
+                with torch.no_grad():
+                    feats = norm.train()(feats)
+            self._full_batch = feats, labels
+        feats, labels = self._full_batch
+        linear, first = self.classifier[1], []
 
-            def closure():
-                run.optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(linear(feats), labels)
-                loss.backward()
-                first.append(loss.detach())
-                return loss
-            run.optimizer.step(closure)
-            run.step_done(first[0], {}, {}, len(feats))
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(linear(feats), labels)
+            loss.backward()
+            first.append(loss.detach())
+            return loss
+        optimizer.step(closure)
+        return first[0], len(feats)
 
     def forward(self, batch, step):
         x, y, _ = batch
