@@ -81,26 +81,64 @@ def train_step(model, net, optimizer, scaler, batch, step):
     return loss, logs, out
 
 
+class Progress:
+    """What a run shows and records of its steps: the progress bar, and every --log_freq steps a logs.csv row of
+    the mean training loss since the last row (over every rank) and the rate. Rows go to `log` (rank 0's RunLog);
+    a failed write raises the OSError, which the run turns into its stop."""
+
+    def __init__(self, args, log, step, total, steps_per_epoch, full_batch, device):
+        self.log, self.steps_per_epoch, self.full_batch = log, steps_per_epoch, full_batch
+        self.bar = tqdm(total=total, initial=step, disable=not dist.is_main() or step >= total, leave=False,
+                        desc=f"{args.problem} ({args.opt})" if full_batch else args.problem,
+                        unit="iter" if full_batch else "it", dynamic_ncols=True)
+        self.loss_sum, self.loss_count, self.images, self.tick = torch.zeros((), device=device), 0, 0, time.time()
+
+    def count(self, loss, images):
+        """After each step: its loss (kept on the device) and its images."""
+        self.loss_sum += loss.detach()
+        self.loss_count += 1
+        self.images += images
+        self.bar.update(1)
+
+    def row(self, step, lr, logs):
+        """The row of step `step` (iterations and the objective for a full-batch solver), then a new interval."""
+        rate = self.images / (time.time() - self.tick)
+        train_loss = dist.all_reduce_mean(self.loss_sum).item() / self.loss_count
+        if self.full_batch:
+            self.bar.set_postfix(objective=f"{train_loss:.6g}")
+        else:
+            self.bar.set_postfix(epoch=f"{step / self.steps_per_epoch:.2f}", loss=f"{train_loss:.4f}", lr=f"{lr:.4g}",
+                                 img_s=f"{rate:.0f}")
+        if self.log:
+            self.log.row(iter=step, epoch=step / self.steps_per_epoch, lr=lr, train_loss=train_loss, img_per_s=rate,
+                         **{k: float(v) for k, v in logs.items()})
+        self.loss_sum.zero_()
+        self.loss_count, self.images = 0, 0
+        self.restart_clock()
+
+    def restart_clock(self):
+        """The rate leaves out what was not training (an evaluation)."""
+        self.tick = time.time()
+
+
 class Run:
-    """A run in progress, from `step` to `total`: the loop, the schedule, logs.csv rows, evaluations, checkpoints
-    and the early stops (utils/stops.py)."""
+    """A run in progress, from `step` to `total`: the loop, the schedule, evaluations, checkpoints and the early
+    stops (utils/stops.py); what it shows and logs of its steps is its `progress`."""
 
     def __init__(self, args, model, net, optimizer, scaler, folder, log, step, signals):
         self.args, self.model, self.net, self.optimizer, self.scaler = args, model, net, optimizer, scaler
         self.folder, self.log, self.step = folder, log, step
-        self.steps_per_epoch = steps_per_epoch(len(model.train_data()), args.batch_size)
-        self.total = total_steps(args, len(model.train_data()))
+        data = model.train_data()
+        self.steps_per_epoch = steps_per_epoch(len(data), args.batch_size)
+        self.total = total_steps(args, len(data))
         self.done, self.stopped_by, self.lr = step >= self.total, None, 0.0
         self.full_batch = model.full_batch  # one step is one pass over the data: show iterations and the objective
-        self.bar = tqdm(total=self.total, initial=step, disable=not dist.is_main() or self.done, leave=False,
-                        desc=f"{args.problem} ({args.opt})" if self.full_batch else args.problem,
-                        unit="iter" if self.full_batch else "it", dynamic_ncols=True)
-        self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.bar.close, signals)
-        self.loss_sum, self.loss_count, self.images, self.tick = torch.zeros((), device=model.device), 0, 0, time.time()
+        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, self.full_batch, model.device)
+        self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.progress.bar.close, signals)
         self.batches = None
         self.unreadable = None  # image folders: the files that failed to decode, replaced by stand-ins
-        if isinstance(model.train_data(), FolderData):
-            self.unreadable = UnreadableList(model.train_data(), folder, args.max_unreadable)
+        if isinstance(data, FolderData):
+            self.unreadable = UnreadableList(data, folder, args.max_unreadable)
 
     def full_batch_loop(self):
         """The loop of a problem without batches (the L-BFGS probe): each step one pass over every training image."""
@@ -133,10 +171,7 @@ class Run:
         step, args = self.step, self.args
         self.stops.watch(loss, self.model, self.scaler)
         self.step += 1
-        self.loss_sum += loss.detach()
-        self.loss_count += 1
-        self.images += images
-        self.bar.update(1)
+        self.progress.count(loss, images)
         at_end = self.step >= self.total
         log_due = self.step % args.log_freq == 0 or at_end
         save_due = self.step % args.save_freq == 0 or at_end
@@ -147,7 +182,7 @@ class Run:
         if args.eval_freq > 0 and self.step % args.eval_freq == 0 and not at_end:
             self.evaluate()
             self.model.train()
-            self.tick = time.time()
+            self.progress.restart_clock()
         if save_due or signalled:
             self.save()
         if signalled:
@@ -156,22 +191,10 @@ class Run:
         return self.done
 
     def log_progress(self, logs):
-        """The mean training loss since the last row over every rank, and the rate: the progress bar and logs.csv."""
         if self.unreadable is not None:
             self.note_unreadable()
             logs = dict(logs, unreadable=len(self.unreadable))
-        rate = self.images / (time.time() - self.tick)
-        train_loss = dist.all_reduce_mean(self.loss_sum).item() / self.loss_count
-        if self.full_batch:
-            self.bar.set_postfix(objective=f"{train_loss:.6g}")
-        else:
-            self.bar.set_postfix(epoch=f"{self.step / self.steps_per_epoch:.2f}", loss=f"{train_loss:.4f}",
-                                 lr=f"{self.lr:.4g}", img_s=f"{rate:.0f}")
-        if self.log:
-            self.log_row(iter=self.step, epoch=self.step / self.steps_per_epoch, lr=self.lr, train_loss=train_loss,
-                         img_per_s=rate, **{k: float(v) for k, v in logs.items()})
-        self.loss_sum.zero_()
-        self.loss_count, self.images, self.tick = 0, 0, time.time()
+        self.writing(self.progress.row, self.step, self.lr, logs)
 
     def note_unreadable(self):
         """Add the files any rank failed to decode since the last log row to the run's list; past --max_unreadable,
@@ -179,19 +202,17 @@ class Run:
         found = self.batches.take_unreadable()
         if dist.world_size() > 1:
             found = set().union(*dist.all_gather_object(found))
-        try:
-            new = self.unreadable.add(found)
-        except OSError as e:
-            self.stops.fail_write(e)
+        new = self.writing(self.unreadable.add, found)
         if new and self.log:
             self.log.print(f"step {self.step}: {len(new)} more images cannot be decoded and were replaced by others "
                            f"({len(self.unreadable)} in all), listed in {self.unreadable.path}")
         reason = self.unreadable.too_many()
         if reason:
             if self.log:
-                self.log_row(iter=self.step, epoch=self.step / self.steps_per_epoch, unreadable=len(self.unreadable))
+                self.writing(self.log.row, iter=self.step, epoch=self.step / self.steps_per_epoch,
+                             unreadable=len(self.unreadable))
             self.save()
-            self.bar.close()
+            self.progress.bar.close()
             raise UserError(f"{reason}; {self.stops.last_checkpoint()}")
 
     def save(self):
@@ -206,16 +227,17 @@ class Run:
             self.stops.fail_write(e)
         self.stops.saved_step = self.step
 
-    def log_row(self, **values):
+    def writing(self, write, *args, **kw):
+        """write(*args, **kw) into the run folder; a full or failing disk stops the run (Stops.fail_write)."""
         try:
-            self.log.row(**values)
+            return write(*args, **kw)
         except OSError as e:
             self.stops.fail_write(e)
 
     def evaluate(self):
         metrics = self.model.evaluate()
         if self.log:
-            self.log_row(iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
+            self.writing(self.log.row, iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
             self.log.print(f"step {self.step}: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         return metrics
 
@@ -258,7 +280,7 @@ def train(args):
                 run.full_batch_loop()
             elif run.model.trains:
                 run.loop()
-            run.bar.close()
+            run.progress.bar.close()
             if run.stopped_by:
                 if run.log:
                     run.log.print(f"stopped by signal {run.stopped_by} at step {run.step}; continue with: "
@@ -269,7 +291,7 @@ def train(args):
         except Stopped as stop:
             if run is None:  # nothing was trained yet
                 raise Failure(f"stopped by signal {stop.signum} before the first step", 128 + stop.signum)
-            run.bar.close()
+            run.progress.bar.close()
             if run.log:
                 phase = "in its final evaluation and save" if signals.at_once else f"at once, in step {run.step}"
                 run.log.print(f"stopped by signal {stop.signum} {phase}; {run.stops.last_checkpoint()}; "
@@ -277,7 +299,7 @@ def train(args):
             raise Failure(code=128 + stop.signum)
         finally:
             if run is not None:
-                run.bar.close()  # however the run ends: a caller that goes on gets no stale progress bar
+                run.progress.bar.close()  # however the run ends: a caller that goes on gets no stale progress bar
 
 
 def finish(run, resumed_at_end):
