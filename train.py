@@ -12,8 +12,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.datasets import FolderData
-from data.loader import UnreadableList, steps_per_epoch, total_steps
+from data.loader import steps_per_epoch, total_steps
 from models.base import rank_seed
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
@@ -136,9 +135,6 @@ class Run:
         self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, self.full_batch, model.device)
         self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.progress.bar.close, signals)
         self.batches = None
-        self.unreadable = None  # image folders: the files that failed to decode, replaced by stand-ins
-        if isinstance(data, FolderData):
-            self.unreadable = UnreadableList(data, folder, args.max_unreadable)
 
     def full_batch_loop(self):
         """The loop of a problem without batches (the L-BFGS probe): each step one pass over every training image."""
@@ -150,7 +146,7 @@ class Run:
     def loop(self):
         """The training loop of every problem: epochs of batches, one optimiser step each, until done or stopped."""
         model = self.model
-        batches = self.batches = model.train_batches()
+        batches = self.batches = model.train_batches(self.folder)
         while not self.done:
             epoch = self.step // self.steps_per_epoch
             model.on_epoch_start(epoch, batches)
@@ -191,26 +187,22 @@ class Run:
         return self.done
 
     def log_progress(self, logs):
-        if self.unreadable is not None:
-            self.note_unreadable()
-            logs = dict(logs, unreadable=len(self.unreadable))
+        listed = self.batches.listed if self.batches is not None else None
+        if listed is not None:  # image folders: the files that failed to decode, replaced by stand-ins
+            self.note_unreadable(listed)
+            logs = dict(logs, unreadable=len(listed))
         self.writing(self.progress.row, self.step, self.lr, logs)
 
-    def note_unreadable(self):
-        """Add the files any rank failed to decode since the last log row to the run's list; past --max_unreadable,
-        stop with a checkpoint (the stand-ins make the steps so far valid ones)."""
-        found = self.batches.take_unreadable()
-        if dist.world_size() > 1:
-            found = set().union(*dist.all_gather_object(found))
-        new = self.writing(self.unreadable.add, found)
+    def note_unreadable(self, listed):
+        """Say which files any rank failed to decode since the last row; past --max_unreadable, stop with a
+        checkpoint (the stand-ins make the steps so far valid ones)."""
+        new, reason = self.writing(self.batches.gather_unreadable)
         if new and self.log:
             self.log.print(f"step {self.step}: {len(new)} more images cannot be decoded and were replaced by others "
-                           f"({len(self.unreadable)} in all), listed in {self.unreadable.path}")
-        reason = self.unreadable.too_many()
+                           f"({len(listed)} in all), listed in {listed.path}")
         if reason:
             if self.log:
-                self.writing(self.log.row, iter=self.step, epoch=self.step / self.steps_per_epoch,
-                             unreadable=len(self.unreadable))
+                self.writing(self.log.row, iter=self.step, epoch=self.step / self.steps_per_epoch, unreadable=len(listed))
             self.save()
             self.progress.bar.close()
             raise UserError(f"{reason}; {self.stops.last_checkpoint()}")

@@ -17,7 +17,7 @@ from PIL import Image
 from torchcodec.decoders import decode_jpeg
 
 from data.augment import ASPECT, sample_boxes
-from data.datasets import ArrayData
+from data.datasets import ArrayData, FolderData
 from utils import dist
 from utils.checkpoint import write_atomic
 from utils.errors import UserError
@@ -283,11 +283,13 @@ class TrainBatches:
     file bytes the workers read (`decode="device"`). `crops` lists (size, (min_scale, max_scale)) per crop.
     """
 
-    def __init__(self, data, batch_size, seed, device, crops=(), workers=0, rank=0, world_size=1, decode="workers"):
+    def __init__(self, data, batch_size, seed, device, crops=(), workers=0, rank=0, world_size=1, decode="workers",
+                 listed=None):
         self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, device
         self.crops, self.workers, self.rank, self.world_size, self.decode = crops, workers, rank, world_size, decode
         self.keys = self.loader = None
         self.unreadable = set()  # indices of the files this process failed to decode since take_unreadable()
+        self.listed = listed  # the run's UnreadableList (image folders), or None
 
     def __len__(self):
         return len(self.data) // self.batch_size
@@ -295,6 +297,14 @@ class TrainBatches:
     def take_unreadable(self):
         found, self.unreadable = self.unreadable, set()
         return found
+
+    def gather_unreadable(self):
+        """Add the files any rank failed to decode since the last call to the run's list (a write: an OSError on a
+        failing disk); returns (the files new to the list, the one-line reason to stop or None)."""
+        found = self.take_unreadable()
+        if dist.world_size() > 1:
+            found = set().union(*dist.all_gather_object(found))
+        return self.listed.add(found), self.listed.too_many()
 
     def epoch(self, epoch, start=0):
         batches = epoch_batches(len(self.data), self.batch_size, self.seed, epoch, self.rank, self.world_size, start)
@@ -344,6 +354,12 @@ def eval_batches(data, batch_size, device, workers=0, size=224, indices=None):
         print(f"warning: {len(unreadable)} images of {data.root} cannot be decoded and were replaced by their "
               f"neighbours in this evaluation: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}",
               file=sys.stderr)
+
+
+def unreadable_list(data, folder, max_fraction):
+    """The run's list of undecodable training images for image folders (UnreadableList); None for in-memory data,
+    which decodes nothing."""
+    return UnreadableList(data, folder, max_fraction) if isinstance(data, FolderData) else None
 
 
 class UnreadableList:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from data.augment import from_args
 from data.datasets import fixed_subset, load_dataset
-from data.loader import TrainBatches
+from data.loader import TrainBatches, unreadable_list
 from models.backbones import backbone_spec, build_backbone, multicrop_forward
 from models.heads import head_from_args
 from models.knn import extract_features, knn_accuracy
@@ -105,12 +105,15 @@ class Problem(nn.Module):
     def train_data(self):
         return self.data.train
 
-    def train_batches(self):
-        """The batches of every epoch: this rank's share of each global batch, or all of it."""
+    def train_batches(self, folder=None):
+        """The batches of every epoch: this rank's share of each global batch, or all of it; with the run `folder`,
+        the images that cannot be decoded are listed there (data.loader.UnreadableList)."""
         shards = 1 if self.whole_batch_on_every_rank(self.args) else dist.world_size()
-        return TrainBatches(self.train_data(), self.args.batch_size, self.args.seed, self.device, crops=self.augment.crops,
+        data = self.train_data()
+        return TrainBatches(data, self.args.batch_size, self.args.seed, self.device, crops=self.augment.crops,
                             workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
-                            decode=self.args.decode)
+                            decode=self.args.decode,
+                            listed=unreadable_list(data, folder, self.args.max_unreadable) if folder else None)
 
     full_batch = False  # True: each step is full_batch_step(optimizer), one pass over every training image
     trains = True  # False: nothing to train, the run is its final evaluation
