@@ -318,10 +318,12 @@ def dry_run(args, sources):
     """--dry_run: the recipe a launch would train, from the problem built as training builds it (data included,
     on the CPU); nothing is written. Returns the printed lines."""
     model, optimizer, _ = build(args, torch.device("cpu"))
-    args, images, procs = model.args, len(model.train_data()), dist.total_procs(args)
+    parsed, args, images, procs = vars(args), model.args, len(model.train_data()), dist.total_procs(args)
     per_epoch, total = steps_per_epoch(images, args.batch_size), total_steps(args, images)
     width = max(len(k) for k in vars(args))
-    lines = [f"--{k:{width}s} {v!r:32s} {sources.get(k, 'resolved by the problem')}" for k, v in sorted(vars(args).items())]
+    lines = [f"--{k:{width}s} {v!r:32s} "
+             f"{sources.get(k, '') if k in parsed and parsed[k] == v else 'resolved by the problem'}"
+             for k, v in sorted(vars(args).items())]
     lines.append(f"data: {args.data}, {images} training images; {procs} processes, {args.batch_size // procs} images "
                  f"each of a global batch of {args.batch_size}")
     lines.append(f"steps: {per_epoch} per epoch, {total} in all ({total / per_epoch:g} epochs)")

@@ -47,7 +47,7 @@ def test_finetune_trains_the_encoders_backbone_and_refuses_flags_that_contradict
     line = refused_line(base + ["--arch", "resnet50"], capsys, tmp_path)
     assert "--arch resnet50 contradicts" in line
     printed = train.main(base + ["--width", "0.125", "--dry_run", "true"])  # the encoder's own value is no contradiction
-    assert any(p.startswith("--arch ") and "'resnet18'" in p for p in printed)
+    assert any(p.startswith("--arch ") and "'resnet18'" in p and p.endswith("resolved by the problem") for p in printed)
     printed = train.main(["--problem", "finetune", "--encoder_ckpt", "none", "--dry_run", "true"])
     assert any(p.startswith("--arch ") and "'resnet50'" in p for p in printed)  # no encoder: the usual default
 
