@@ -166,19 +166,19 @@ class LinearEval(Problem):
         else:
             source = load_encoder(args.encoder_ckpt)
         args = encoder_data_args(args, source.args)
-        if args.eval_only:
-            args.linear_bn = source.args["linear_bn"]  # the probe's shape is the trained run's
+        if args.eval_only:  # the probe's shape is the trained run's
+            args = argparse.Namespace(**dict(vars(args), linear_bn=source.args["linear_bn"]))
+        if args.opt == "lbfgs" and not args.eval_only and not args.precompute_features:
+            raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
         data = load_data(args, pretrain=False, device=device)
         take_labelled(args, data)
+        if args.opt == "lbfgs" and not args.eval_only:  # full batch, whatever the fraction of the labels
+            args = argparse.Namespace(**dict(vars(args), batch_size=len(data.train)))
         return cls(args, data, device, source)
 
     def __init__(self, args, data, device, source):
         super().__init__(args, data, device)
         spec = source.spec or dict(arch="pixels", in_channels=data.train.channels, image_size=data.train.image_size)
-        if args.opt == "lbfgs" and not args.eval_only:
-            if not args.precompute_features:
-                raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
-            args.batch_size = len(data.train)  # full batch, whatever the fraction of the labels
         self.backbone_spec = spec
         self.backbone = encoder_backbone(spec, source.weights, data.train, args.data)
         self.backbone.requires_grad_(False)
