@@ -131,8 +131,8 @@ class Run:
         self.steps_per_epoch = steps_per_epoch(len(data), args.batch_size)
         self.total = total_steps(args, len(data))
         self.done, self.stopped_by, self.lr = step >= self.total, None, 0.0
-        self.full_batch = model.full_batch  # one step is one pass over the data: show iterations and the objective
-        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, self.full_batch, model.device)
+        # a full-batch step is one pass over the data: the bar shows iterations and the objective
+        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, model.full_batch, model.device)
         self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.progress.bar.close, signals)
         self.batches = None
 
@@ -268,7 +268,7 @@ def train(args):
             run = open_run(args, signals)
             resumed_at_end = run.done and bool(args.resume)
             run.model.train()
-            if run.model.trains and run.full_batch:
+            if run.model.trains and run.model.full_batch:
                 run.full_batch_loop()
             elif run.model.trains:
                 run.loop()

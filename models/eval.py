@@ -152,6 +152,11 @@ class LinearEval(Problem):
         no DDP, and exactly the single-process result. Augmented features split each batch over the ranks (DDP)."""
         return args.precompute_features
 
+    @staticmethod
+    def solves_full_batch(args):
+        """L-BFGS: each step one pass over every training feature (a re-scored probe trains nothing)."""
+        return args.opt == "lbfgs" and not args.eval_only
+
     @classmethod
     def build(cls, args, device):
         """The encoder is read once; the data flags the user left unset are the encoder's."""
@@ -168,11 +173,12 @@ class LinearEval(Problem):
         args = encoder_data_args(args, source.args)
         if args.eval_only:  # the probe's shape is the trained run's
             args = argparse.Namespace(**dict(vars(args), linear_bn=source.args["linear_bn"]))
-        if args.opt == "lbfgs" and not args.eval_only and not args.precompute_features:
+        full_batch = cls.solves_full_batch(args)
+        if full_batch and not args.precompute_features:
             raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
         data = load_data(args, pretrain=False, device=device)
         take_labelled(args, data)
-        if args.opt == "lbfgs" and not args.eval_only:  # full batch, whatever the fraction of the labels
+        if full_batch:  # whatever the fraction of the labels
             args = argparse.Namespace(**dict(vars(args), batch_size=len(data.train)))
         return cls(args, data, device, source)
 
@@ -195,7 +201,7 @@ class LinearEval(Problem):
             self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)
         if args.eval_only:
             self.load_state_dict(source.state)
-        self.trains, self.full_batch = not args.eval_only, args.opt == "lbfgs" and not args.eval_only
+        self.trains, self.full_batch = not args.eval_only, self.solves_full_batch(args)
         self._full_batch = None  # the L-BFGS probe's (features, labels), through its BatchNorm
         self.memory = self.memory_bank_of(source) if args.knn_memory_bank else None
 
