@@ -21,7 +21,7 @@ from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
 from utils import checkpoint, dist, runlog
-from utils.config import parse_args
+from utils.config import parse_args, run_flags
 from utils.errors import Failure, UserError
 from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
@@ -347,7 +347,8 @@ def dry_run(args, sources):
 def main(argv=None):
     try:
         sources = {}
-        args = parse_args(argv, PROBLEMS, sources)
+        resumed = runlog.resumed_run(run_flags(argv))  # locks the run folder that --resume names, then reads it
+        args = parse_args(argv, PROBLEMS, resumed, sources)
         check_launch(args)
         if args.dry_run:
             return dry_run(args, sources)

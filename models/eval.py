@@ -69,7 +69,7 @@ def encoder_data_args(args, saved):
     if data_root is None and saved.get("data") == data:
         data_root = saved.get("data_root")
     norm = {k: saved.get(k) if getattr(args, k) is None else getattr(args, k) for k in ("norm_mean", "norm_std")}
-    return argparse.Namespace(**dict(vars(args), data=data, data_root=data_root, **norm))
+    return type(args)(**dict(vars(args), data=data, data_root=data_root, **norm))
 
 
 def take_labelled(args, data):
@@ -172,14 +172,14 @@ class LinearEval(Problem):
             source = load_encoder(args.encoder_ckpt)
         args = encoder_data_args(args, source.args)
         if args.eval_only:  # the probe's shape is the trained run's
-            args = argparse.Namespace(**dict(vars(args), linear_bn=source.args["linear_bn"]))
+            args = type(args)(**dict(vars(args), linear_bn=source.args["linear_bn"]))
         full_batch = cls.solves_full_batch(args)
         if full_batch and not args.precompute_features:
             raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
         data = load_data(args, pretrain=False, device=device)
         take_labelled(args, data)
         if full_batch:  # whatever the fraction of the labels
-            args = argparse.Namespace(**dict(vars(args), batch_size=len(data.train)))
+            args = type(args)(**dict(vars(args), batch_size=len(data.train)))
         return cls(args, data, device, source)
 
     def __init__(self, args, data, device, source):

@@ -29,7 +29,7 @@ def encoder_arch_args(args, source):
     """`args` with the backbone flags the user left unset taken from the encoder's backbone (the defaults without
     an encoder); a flag set to another value than the encoder's is refused: the encoder's backbone is trained."""
     if source is None:
-        return argparse.Namespace(**{**vars(args), **{k: v for k, v in SCRATCH.items() if getattr(args, k) is None}})
+        return type(args)(**{**vars(args), **{k: v for k, v in SCRATCH.items() if getattr(args, k) is None}})
     spec = source.spec
     theirs = dict(arch=spec["arch"], width=spec.get("width"), stem_stride=spec.get("stem_stride"),
                   cifar_stem=spec.get("cifar_stem"), **{f"regnet_{k}": v for k, v in spec.get("regnet", {}).items()})
@@ -40,7 +40,7 @@ def encoder_arch_args(args, source):
             raise UserError(f"--{key} {mine} contradicts --encoder_ckpt {args.encoder_ckpt}, whose backbone has "
                             f"{key} {their}: leave --{key} unset to fine-tune that backbone")
         out[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
-    return argparse.Namespace(**out)
+    return type(args)(**out)
 
 
 class FineTune(Problem):

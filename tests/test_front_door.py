@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import train
-from utils.config import Range, build_parser, parse_args, str2bool
+from utils import runlog
+from utils.config import Range, build_parser, parse_args, run_flags, str2bool
 from utils.errors import UserError
 
 
@@ -57,11 +58,29 @@ def test_abbreviated_flags_are_refused_on_the_command_line_too(tmp_path):
         parse_args(["--temp", "0.2", "--root", str(tmp_path)], train.PROBLEMS)
 
 
+def resolved(argv):
+    """The flags as train.main reads them: the run that --resume names found (and locked) first."""
+    return parse_args(argv, train.PROBLEMS, runlog.resumed_run(run_flags(argv)))
+
+
+def test_parsing_takes_no_lock_and_its_flags_are_frozen(runs):
+    argv = ["--resume", runs["pre"], "--root", runs["root"]]
+    with pytest.raises(ValueError, match="resumed_run"):  # a caller that forgets to find the run is told so
+        parse_args(argv, train.PROBLEMS)
+    resumed = runlog.resumed_run(run_flags(argv + ["--dry_run", "true"]))  # a dry run reads, locks nothing
+    assert not runlog._held
+    args = parse_args(argv, train.PROBLEMS, resumed)
+    assert not runlog._held and args.resume == resumed[0] and args.iters == 6
+    with pytest.raises(AttributeError, match="frozen"):
+        args.lr = 1.0
+    assert args.replace(lr=1.0).lr == 1.0 and args.lr != 1.0
+
+
 def test_the_run_flags_act_the_same_from_a_config_and_from_the_command_line(tmp_path, runs):
     flags = dict(resume=runs["pre"], root=runs["root"], dry_run=True, name="other", lock_wait=5, node_rank=0)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(flags))
-    from_config = parse_args(["--config", str(tmp_path / "c.yaml")], train.PROBLEMS)
-    from_cli = parse_args([f"--{k}={v}" for k, v in flags.items()], train.PROBLEMS)
+    from_config = resolved(["--config", str(tmp_path / "c.yaml")])
+    from_cli = resolved([f"--{k}={v}" for k, v in flags.items()])
     assert dict(vars(from_config), config=None) == vars(from_cli)
     assert from_config.resume.endswith("checkpoint.pth.tar") and from_config.iters == 6  # the resumed run's flags
     assert from_config.name == "other"
@@ -71,7 +90,7 @@ def test_resume_auto_and_name_in_a_config_continue_an_unfinished_run(tmp_path, r
     os.rename(os.path.join(runs["pre"], "done.yaml"), os.path.join(runs["pre"], "done.yaml.aside"))
     try:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(dict(resume="auto", name="tiny", root=runs["root"], dry_run=True)))
-        args = parse_args(["--config", str(tmp_path / "c.yaml")], train.PROBLEMS)
+        args = resolved(["--config", str(tmp_path / "c.yaml")])
     finally:
         os.rename(os.path.join(runs["pre"], "done.yaml.aside"), os.path.join(runs["pre"], "done.yaml"))
     assert args.resume == os.path.join(runs["pre"], "checkpoint.pth.tar")

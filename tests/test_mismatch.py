@@ -1,6 +1,5 @@
 """What does not fit is named in one line: a resumed run whose flags build other shapes, an encoder of an
 architecture this repo lacks or that contradicts the flags, odd entries in user files, a DDP port in use."""
-import argparse
 import os
 import socket
 
@@ -11,6 +10,7 @@ import train
 from conftest import TINY, train_cli
 from test_bad_data import image_folder, refused_line
 from utils import checkpoint, dist
+from utils.config import Flags
 from utils.errors import UserError
 
 QUICK = TINY + ["--iters", "2", "--log_freq", "1", "--eval_freq", "-1"]
@@ -87,5 +87,5 @@ def test_a_rendezvous_on_a_port_in_use_is_one_line_too(tmp_path):
         taken.listen(1)
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         with pytest.raises(UserError, match=f"--dist_address {address}: the port is in use"):
-            dist._setup(argparse.Namespace(device="cpu", dist_timeout=10, dist_address=address), 0, 2, 0, 1,
+            dist._setup(Flags(device="cpu", dist_timeout=10, dist_address=address), 0, 2, 0, 1,
                         f"tcp://{address}")

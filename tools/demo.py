@@ -31,7 +31,7 @@ def bf16_is_faster(argv, rounds=2, steps=3):
     seconds = {False: [], True: []}
     for _ in range(rounds):
         for amp in (False, True):
-            model.args.amp = amp  # read by the problem's autocast at every step
+            model.args = model.args.replace(amp=amp)  # read by the problem's autocast at every step
             one_step()  # a warm-up step of this precision
             seconds[amp].append(timed(one_step, steps, device, warmup=False))
     fp32, bf16 = (args.batch_size / min(seconds[amp]) for amp in (False, True))

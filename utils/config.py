@@ -1,9 +1,11 @@
 """Command line and YAML configs: every config key is a flag, and the command line wins.
 
-`parse_args(argv, problems)` reads the run flags (`--problem`, `--resume`, `--root`, `--name`, ...) first, from
-the config and the command line alike, to find the run that `--resume` names; then it builds the parser of the
-problem (common flags + the problem class's `add_args`) and parses the command line over, from the lowest, the
-defaults, the resumed run's flags and the config's values. A config value goes through its flag's own type and
+Two steps, with the side effects between them in the caller's sight: `run_flags(argv)` reads the flags that say
+which run this is (`--problem`, `--resume`, `--root`, `--name`, ...), from the config and the command line alike;
+the caller finds and locks the run that `--resume` names (`runlog.resumed_run`); then `parse_args(argv, problems,
+resumed)` builds the parser of the problem (common flags + the problem class's `add_args`) and parses the command
+line over, from the lowest, the defaults, the resumed run's flags and the config's values, into frozen `Flags`.
+A config value goes through its flag's own type and
 range; a repeated key, a YAML boolean where a number is expected, a null where the flag has no 'unset' value, or
 an unknown key is refused. Any mistake raises `UserError`, which `train.py` turns into one line on stderr and
 exit code 2, before a run folder exists.
@@ -16,7 +18,7 @@ import sys
 
 import yaml
 
-from utils import checkpoint, runlog
+from utils import checkpoint
 from utils.errors import UserError
 
 
@@ -349,27 +351,6 @@ def build_parser(problem, problems):
     return p
 
 
-def resumable(resume, root, name, problem, lock):
-    """What `--resume` names: a run folder or checkpoint, or for `auto` the newest run named `--name` in the root
-    if it is unfinished (None: start a new run). With `lock` (seconds to wait for another process that trains it),
-    this process takes the run folder's lock before anything is read from it."""
-    if resume != "auto":
-        if resume and lock is not None and os.path.exists(resume):
-            runlog.hold(resume if os.path.isdir(resume) else os.path.dirname(resume), lock)
-        return resume
-    if not name:
-        raise UserError("--resume auto needs --name: it continues the newest run of that name when unfinished")
-    return runlog.unfinished_run(root, name, problem, lock)
-
-
-def lock_wait(run):
-    """Seconds to wait for a run folder's lock, or None in a process that does not hold run folders: only global
-    rank 0 does (under torchrun), or the launcher of node 0."""
-    if os.environ.get("RANK", "0") != "0" or run.node_rank != 0:
-        return None
-    return run.lock_wait
-
-
 def _layered(parser, argv, layers, sources):
     """Parse `argv` over `layers`, a list of (name, {flag: value}) from the lowest to the highest; each layer's
     values are already converted. `sources` (a dict or None) receives each flag's winning layer."""
@@ -400,42 +381,64 @@ def _config_values(parser, cfg, path, problem, strict=True):
     return out
 
 
-def parse_args(argv, problems, sources=None):
-    """The flags of a run (see the module's docstring). `sources`, a dict, receives where each flag's value came
-    from: 'command line', 'config', 'resumed run' or 'default'."""
+def _read(argv):
+    """(argv, config path, config values, run flags): the run flags (`add_run_args`) from the config and the command
+    line alike, the others left for the problem's parser."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     cfg_path = pre.parse_known_args(argv)[0].config
     cfg = read_config(cfg_path) if cfg_path else {}
-
-    # first the flags that say which run this is, from the config and the command line alike
     run_parser = Parser(add_help=False, allow_abbrev=False)
     add_run_args(run_parser)
     run_parser.set_defaults(**_config_values(run_parser, cfg, cfg_path, None, strict=False))
     run = run_parser.parse_known_args(argv)[0]
-    resume = resumable(run.resume, run.root or default_root(), run.name, run.problem,
-                       None if run.dry_run else lock_wait(run))  # a dry run only reads
-    saved = checkpoint.saved_args(resume) if resume else {}
+    return argv, cfg_path, cfg, argparse.Namespace(**dict(vars(run), root=run.root or default_root()))
+
+
+def run_flags(argv):
+    """The flags that say which run this is: what `runlog.resumed_run` needs to find the run `--resume` names."""
+    return _read(argv)[3]
+
+
+def parse_args(argv, problems, resumed=None, sources=None):
+    """The flags of a run (see the module's docstring), a function of argv, the config file and `resumed`: the
+    checkpoint that `--resume` names and its saved flags, as `runlog.resumed_run` found them (None: a new run).
+    `sources`, a dict, receives where each flag's value came from: 'command line', 'config', 'resumed run' or
+    'default'."""
+    argv, cfg_path, cfg, run = _read(argv)
+    if run.resume not in (None, "auto") and resumed is None:
+        raise ValueError("--resume names a run: find it with runlog.resumed_run(run_flags(argv)) first")
+    path, saved = resumed or (None, {})
     problem = run.problem or saved.get("problem") or "simclr"
     if saved and problem != saved["problem"]:
-        raise UserError(f"--resume {resume} is a '{saved['problem']}' run, not '{problem}'")
+        raise UserError(f"--resume {path} is a '{saved['problem']}' run, not '{problem}'")
 
-    # then every flag: the defaults, the resumed run's own flags (not where it ran), the config's, the command line's
+    # every flag: the defaults, the resumed run's own flags (not where it ran), the config's, the command line's
     parser = build_parser(problem, problems)
-    resumed = {k: v for k, v in saved.items()
-               if find_action(parser, k) is not None and k not in checkpoint.LAUNCH_FLAGS + ("config", "resume")}
-    args = _layered(parser, argv, [("resumed run", resumed),
+    kept = {k: v for k, v in saved.items()
+            if find_action(parser, k) is not None and k not in checkpoint.LAUNCH_FLAGS + ("config", "resume")}
+    args = _layered(parser, argv, [("resumed run", kept),
                                    ("config", _config_values(parser, cfg, cfg_path, problem))], sources)
-    args.problem = problem
-    args.resume = checkpoint.resolve(resume) if resume else None
-    if args.root is None:
-        args.root = default_root()
     if os.sep in args.name or args.name in (".", ".."):
         raise UserError(f"--name {args.name!r} is part of a folder name: no '{os.sep}', not '.' or '..'")
-    if os.path.exists(args.root) and not os.path.isdir(args.root):
-        raise UserError(f"--root {args.root} is a file, not a folder")
-    return args
+    if os.path.exists(run.root) and not os.path.isdir(run.root):
+        raise UserError(f"--root {run.root} is a file, not a folder")
+    return Flags(**dict(vars(args), problem=problem, resume=path, root=run.root))
+
+
+class Flags(argparse.Namespace):
+    """Parsed flags, frozen: a value derived from them is derived where it is needed, or put in a new copy
+    (`replace`), so the flags a run saves are the flags it was given."""
+
+    def __init__(self, **flags):
+        self.__dict__.update(flags)
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"flags are frozen: args.{key} cannot be set after parsing (use .replace)")
+
+    def replace(self, **changes):
+        return Flags(**dict(vars(self), **changes))
 
 
 def default_root():

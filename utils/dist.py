@@ -82,7 +82,7 @@ def launch(fn, args):
     """Run fn(args) in every process of this node, each with its process group and device set; a plain call when not distributed."""
     if under_torchrun():
         local = int(os.environ["LOCAL_RANK"])
-        _setup(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local, procs_per_node(args), "env://")
+        args = _setup(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local, procs_per_node(args), "env://")
         try:
             return fn(args)
         finally:
@@ -142,7 +142,7 @@ def port_in_use(where):
 def _worker(local_rank, fn, args, nprocs):
     rank = args.node_rank * nprocs + local_rank
     try:
-        _setup(args, rank, args.world_size * nprocs, local_rank, nprocs, f"tcp://{args.dist_address}")
+        args = _setup(args, rank, args.world_size * nprocs, local_rank, nprocs, f"tcp://{args.dist_address}")
         fn(args)
     except Failure as e:
         if str(e) and (local_rank == 0 or not isinstance(e, UserError)):  # a user's mistake: once per node
@@ -169,12 +169,12 @@ def shutdown():
 
 
 def _setup(args, rank, world, local_rank, local_procs, init_method):
+    """This process's device and process group; returns the flags with the device it trains on."""
     cuda = pick_device(args.device).type == "cuda"
+    args = args.replace(device=f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(local_rank)
-        args.device = f"cuda:{local_rank}"
     else:
-        args.device = "cpu"
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))  # no oversubscription of the cores
     try:
         dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world,
@@ -185,6 +185,7 @@ def _setup(args, rank, world, local_rank, local_procs, init_method):
         if "EADDRINUSE" in str(e):
             raise UserError(port_in_use(where)) from None
         raise UserError(f"{where}: the process group cannot meet there ({str(e).strip().splitlines()[0][:200]})") from None
+    return args
 
 
 class _Gather(torch.autograd.Function):

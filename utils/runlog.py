@@ -119,6 +119,23 @@ def mark_done(folder, step, metrics):
     write_atomic(os.path.join(folder, DONE), lambda f: f.write(text.encode()))
 
 
+def resumed_run(run):
+    """(checkpoint, its saved flags) of the run that `--resume` names in `run` (config.run_flags), or None for a new
+    run (`auto` with no unfinished run of --name). The process that trains run folders (global rank 0 under
+    torchrun, else node 0's launcher) takes the folder's lock before anything of it is read; a dry run only reads."""
+    trains_folders = not run.dry_run and os.environ.get("RANK", "0") == "0" and run.node_rank == 0
+    lock = run.lock_wait if trains_folders else None
+    if run.resume == "auto":
+        if not run.name:
+            raise UserError("--resume auto needs --name: it continues the newest run of that name when unfinished")
+        found = unfinished_run(run.root, run.name, run.problem, lock)
+    else:
+        found = run.resume
+        if found and lock is not None and os.path.exists(found):
+            hold(found if os.path.isdir(found) else os.path.dirname(found), lock)
+    return (checkpoint.resolve(found), checkpoint.saved_args(found)) if found else None
+
+
 def unfinished_run(root, name, problem=None, lock=None):
     """The newest run folder named `name` (of `problem`, when given) in the exman root if it is not finished (no
     runlog.DONE: stopped before or during its last step, evaluation or save), else None. Runs without a
