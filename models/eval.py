@@ -1,5 +1,4 @@
 """`--problem eval`: a linear probe on a frozen encoder, and kNN, on the labeled train and test images."""
-import argparse
 import types
 
 import torch
@@ -13,7 +12,7 @@ from models.base import Problem, load_data
 from models.heads import head_from_args
 from models.knn import bank_knn, eval_mode
 from utils import checkpoint, dist
-from utils.config import Range, find_action, str2bool
+from utils.config import Flags, Range, find_action, str2bool
 from utils.errors import UserError
 
 
@@ -69,7 +68,7 @@ def encoder_data_args(args, saved):
     if data_root is None and saved.get("data") == data:
         data_root = saved.get("data_root")
     norm = {k: saved.get(k) if getattr(args, k) is None else getattr(args, k) for k in ("norm_mean", "norm_std")}
-    return type(args)(**dict(vars(args), data=data, data_root=data_root, **norm))
+    return args.replace(data=data, data_root=data_root, **norm)
 
 
 def take_labelled(args, data):
@@ -172,14 +171,14 @@ class LinearEval(Problem):
             source = load_encoder(args.encoder_ckpt)
         args = encoder_data_args(args, source.args)
         if args.eval_only:  # the probe's shape is the trained run's
-            args = type(args)(**dict(vars(args), linear_bn=source.args["linear_bn"]))
+            args = args.replace(linear_bn=source.args["linear_bn"])
         full_batch = cls.solves_full_batch(args)
         if full_batch and not args.precompute_features:
             raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
         data = load_data(args, pretrain=False, device=device)
         take_labelled(args, data)
         if full_batch:  # whatever the fraction of the labels
-            args = type(args)(**dict(vars(args), batch_size=len(data.train)))
+            args = args.replace(batch_size=len(data.train))
         return cls(args, data, device, source)
 
     def __init__(self, args, data, device, source):
@@ -211,7 +210,7 @@ class LinearEval(Problem):
             raise UserError("--knn_memory_bank needs --encoder_ckpt, the NPID run whose memory bank to use")
         if source.args["problem"] != "npid" or source.state is None:
             raise UserError(f"--knn_memory_bank needs an NPID run's checkpoint.pth.tar; {self.args.encoder_ckpt} is not one")
-        pretrain_args = argparse.Namespace(**source.args)
+        pretrain_args = Flags(**source.args)
         labels = load_data(pretrain_args, pretrain=True, device="cpu").train.labels  # the bank's rows: the pretraining images
         bank = source.state["_extra_state"]["memory_bank"]
         if len(labels) != len(bank) or (labels < 0).any():

@@ -1,7 +1,6 @@
 """`--problem finetune`: a pretrained backbone and a linear layer, all of it trained on the labelled images (or a
 class-balanced fraction of them, as the semi-supervised protocol of SimCLR and SwAV); `--encoder_ckpt none` trains
 the same recipe from a random initialisation, the supervised baseline."""
-import argparse
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,18 +28,18 @@ def encoder_arch_args(args, source):
     """`args` with the backbone flags the user left unset taken from the encoder's backbone (the defaults without
     an encoder); a flag set to another value than the encoder's is refused: the encoder's backbone is trained."""
     if source is None:
-        return type(args)(**{**vars(args), **{k: v for k, v in SCRATCH.items() if getattr(args, k) is None}})
+        return args.replace(**{k: v for k, v in SCRATCH.items() if getattr(args, k) is None})
     spec = source.spec
     theirs = dict(arch=spec["arch"], width=spec.get("width"), stem_stride=spec.get("stem_stride"),
                   cifar_stem=spec.get("cifar_stem"), **{f"regnet_{k}": v for k, v in spec.get("regnet", {}).items()})
-    out = dict(vars(args))
+    changes = {}
     for key in list(SCRATCH) + ["cifar_stem"]:
         mine, their = getattr(args, key), theirs.get(key)
         if mine is not None and their is not None and mine != their:
             raise UserError(f"--{key} {mine} contradicts --encoder_ckpt {args.encoder_ckpt}, whose backbone has "
                             f"{key} {their}: leave --{key} unset to fine-tune that backbone")
-        out[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
-    return type(args)(**out)
+        changes[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
+    return args.replace(**changes)
 
 
 class FineTune(Problem):

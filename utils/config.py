@@ -5,10 +5,9 @@ which run this is (`--problem`, `--resume`, `--root`, `--name`, ...), from the c
 the caller finds and locks the run that `--resume` names (`runlog.resumed_run`); then `parse_args(argv, problems,
 resumed)` builds the parser of the problem (common flags + the problem class's `add_args`) and parses the command
 line over, from the lowest, the defaults, the resumed run's flags and the config's values, into frozen `Flags`.
-A config value goes through its flag's own type and
-range; a repeated key, a YAML boolean where a number is expected, a null where the flag has no 'unset' value, or
-an unknown key is refused. Any mistake raises `UserError`, which `train.py` turns into one line on stderr and
-exit code 2, before a run folder exists.
+A config value goes through its flag's own type and range; a repeated key, a YAML boolean where a number is
+expected, a null where the flag has no 'unset' value, or an unknown key is refused. Any mistake raises `UserError`,
+which `train.py` turns into one line on stderr and exit code 2, before a run folder exists.
 """
 import argparse
 import math
