@@ -13,14 +13,13 @@ import torch
 from tqdm import tqdm
 
 from data.loader import steps_per_epoch, total_steps
-from models.base import rank_seed
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
 from models.finetune import FineTune
 from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
-from utils import checkpoint, dist, runlog
+from utils import checkpoint, dist, runlog, seeds
 from utils.config import parse_args, run_flags
 from utils.errors import Failure, UserError
 from utils.optim import lr_at
@@ -49,9 +48,9 @@ def build(args, device):
     """(problem, optimiser, gradient scaler): the same initial weights on every rank, then per-rank random streams.
     The problem's `args` are the flags it resolved (an evaluation's data flags come from its encoder)."""
     torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest convolutions
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seeds.seed_of(args.seed, "weights"))
     model = PROBLEMS[args.problem].build(args, device).to(device)
-    torch.manual_seed(rank_seed(model.args.seed))
+    torch.manual_seed(seeds.seed_of(args.seed, "global", dist.rank()))
     optimizer = model.make_optimizer()
     scaler = torch.amp.GradScaler(device.type, enabled=model.args.amp and model.args.amp_dtype == "fp16")  # fp16 only
     return model, optimizer, scaler
@@ -337,9 +336,8 @@ def dry_run(args, sources):
         lines.append(f"{args.opt} group: {len(g['params'])} tensors, {sum(p.numel() for p in g['params'])} parameters, "
                      f"weight decay {g.get('weight_decay', args.weight_decay):g}, lr x {g.get('lr_scale', 1.0):g}, "
                      f"{adapted}")
-    crops = getattr(model, "augment", None)
-    if crops is not None and not getattr(args, "precompute_features", False):
-        lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in crops.crops))
+    if model.crops():
+        lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in model.crops()))
     print("\n".join(lines))
     return lines
 

@@ -16,12 +16,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.augment import crop_resize, sample_boxes  # noqa: E402
 
 
-def bilinear_crop(x, boxes, size, flip):
+def bilinear_crop(x, boxes, size):
     """The same crops without antialiasing: one affine grid per image."""
     n, _, height, width = x.shape
     x0, y0, w, h = boxes.to(x.dtype).unbind(1)
     theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
-    theta[:, 0, 0] = w / width * torch.where(flip, -1.0, 1.0).to(x.dtype)
+    theta[:, 0, 0] = w / width
     theta[:, 0, 2] = 2 * (x0 + w / 2) / width - 1
     theta[:, 1, 1], theta[:, 1, 2] = h / height, 2 * (y0 + h / 2) / height - 1
     grid = F.affine_grid(theta, (n, x.shape[1], size, size), align_corners=False)
@@ -39,14 +39,13 @@ def main():
     for channels, side, size in [(1, 28, 20), (1, 28, 28), (3, 32, 32), (3, 96, 96), (3, 96, 48)]:
         x = torch.rand(args.batch, channels, side, side, device=device, generator=gen)
         boxes = sample_boxes(args.batch, side, side, (0.08, 1.0), (3 / 4, 4 / 3), gen)
-        flip = torch.rand(args.batch, device=device, generator=gen) < 0.5
         seconds = {"antialiased": 0.0, "bilinear": 0.0}
         for r in range(args.rounds):
             for name, fn in (("antialiased", crop_resize), ("bilinear", bilinear_crop)):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                fn(x, boxes, size, flip)
+                fn(x, boxes, size)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 if r >= 2:

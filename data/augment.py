@@ -71,15 +71,23 @@ def resize_weights(start, length, size, extent):
     return w / w.sum(-1, keepdim=True)
 
 
-def crop_resize(x, boxes, size, flip):
-    """Crop each image to its box and resize to size x size, mirrored where `flip`: torchvision's
-    `resized_crop(..., antialias=True)` then `hflip`, for the whole batch as two batched matmuls."""
+def crop_resize(x, boxes, size):
+    """Crop each image to its box and resize to size x size: torchvision's `resized_crop(..., antialias=True)`,
+    for the whole batch as two batched matmuls."""
     height, width = x.shape[-2:]
     x0, y0, w, h = boxes.to(x.dtype).unbind(1)
     rows = resize_weights(y0, h, size, height)  # (n, size, H)
     cols = resize_weights(x0, w, size, width)  # (n, size, W)
-    cols = torch.where(flip.view(-1, 1, 1), cols.flip(1), cols)
     return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
+
+
+def cut_crops(images, crops, gen, rank=0, world_size=1):
+    """The crops of rank `rank`'s part of a global batch of whole uint8 images (n, C, H, W): one float (n, C, size,
+    size) tensor in [0, 1] per (size, (min_scale, max_scale)) of `crops`. The boxes are drawn for the whole global
+    batch and the rank takes its rows, so an image's crops do not depend on the number of processes."""
+    x, n = images.float() / 255, len(images)
+    return [crop_resize(x, sample_boxes(n * world_size, *x.shape[-2:], scale, ASPECT, gen)[rank * n:(rank + 1) * n],
+                        size if size > 0 else x.shape[-1]) for size, scale in crops]
 
 
 def grayscale(x):
@@ -154,10 +162,9 @@ def normalize(x, mean, std):
 
 
 class Augment:
-    """Multi-crop + colour distortion. `__call__(x)` returns one normalized float tensor per crop.
-
-    x is either a uint8 batch (n, C, H, W) of whole images, cropped here, or a list of uint8 crops
-    (one tensor per crop) that workers already cropped, for folder datasets.
+    """Flip and colour distortion of every crop, then normalisation. `crops` lists the (size, (min_scale, max_scale))
+    of each crop, which the loader cuts (`data.loader.TrainBatches`); `__call__(views)` takes those crops, a list of
+    float (n, C, size, size) tensors in [0, 1], and returns one normalised float tensor per crop.
     """
 
     def __init__(self, num_crops, size_crops, min_scale_crops, max_scale_crops, mean, std, channels,
@@ -234,20 +241,11 @@ class Augment:
             x = keep(p["solarize"], solarize(x), x)
         return x
 
-    def __call__(self, x):
+    def __call__(self, views):
         out = []
-        for c, (size, scale) in enumerate(self.crops):
-            if isinstance(x, (list, tuple)):  # pre-cropped by workers: flip here
-                crop = x[c].float() / 255
-                side = crop.shape[-1]
-                p = self.sample(len(crop), side)
-                crop = torch.where(p["flip"].view(-1, 1, 1, 1), crop.flip(-1), crop)
-            else:
-                images = x.float() / 255
-                side = images.shape[-1] if size < 0 else size
-                p = self.sample(len(images), side)
-                boxes = sample_boxes(len(images), images.shape[2], images.shape[3], scale, ASPECT, self.gen)
-                crop = crop_resize(images, boxes, side, p["flip"])
+        for crop in views:
+            p = self.sample(len(crop), crop.shape[-1])
+            crop = torch.where(p["flip"].view(-1, 1, 1, 1), crop.flip(-1), crop)
             if self.colour:
                 crop = self.colour_distort(crop, p)
             out.append(normalize(crop, self.mean, self.std))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils import seeds
 from utils.errors import UserError
 
 FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -319,18 +320,18 @@ def load_dataset(name, root, split, skip_list=None, interpolation="bilinear"):
     return load_folder(name, root, train, skip_list, interpolation)
 
 
-def fixed_subset(data, size, seed):
-    """The same `size` random images for a given seed, whatever the run."""
+def fixed_subset(data, size, seed, stream="subset"):
+    """The same `size` random images for a given seed and stream name, whatever the run."""
     if not size or size >= len(data):
         return data
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(data), generator=seeds.generator(seed, stream))
     return data.subset(order[:size].sort().values)
 
 
-def balanced_subset(labels, fraction, seed):
+def balanced_subset(labels, fraction, seed, stream="label_fraction"):
     """Sorted indices of a class-balanced `fraction` of the labelled images: of each class's n images,
-    max(1, round(fraction * n)) drawn at random by `seed`, the same whatever the run."""
-    gen = torch.Generator().manual_seed(seed)
+    max(1, round(fraction * n)) drawn at random by `seed` and the stream's name, the same whatever the run."""
+    gen = seeds.generator(seed, stream)
     labels = labels.cpu()
     picked = []
     for c in labels[labels >= 0].unique().tolist():

@@ -1,4 +1,4 @@
-"""Batches of (images, labels, indices) for training, and ordered batches for feature extraction.
+"""Batches of (crops, labels, indices) for training, and ordered batches of whole images for feature extraction.
 
 The order of epoch e is one permutation drawn from (seed, e), the same on every rank; global
 batch b is its slice [b*B, (b+1)*B) and rank r takes the r-th equal part of it. A resumed run
@@ -16,9 +16,9 @@ import torchvision
 from PIL import Image
 from torchcodec.decoders import decode_jpeg
 
-from data.augment import ASPECT, sample_boxes
+from data.augment import ASPECT, cut_crops, sample_boxes
 from data.datasets import ArrayData, FolderData
-from utils import dist
+from utils import dist, seeds
 from utils.checkpoint import write_atomic
 from utils.errors import UserError
 
@@ -43,7 +43,7 @@ def why_unreadable(path):
 
 def epoch_batches(num_samples, batch_size, seed, epoch, rank=0, world_size=1, start=0):
     """Index tensors of this rank's part of each global batch of epoch `epoch`, from batch `start` on."""
-    perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    perm = torch.randperm(num_samples, generator=seeds.generator(seed, "order", epoch))
     per_rank = batch_size // world_size
     for b in range(start, num_samples // batch_size):
         lo = b * batch_size + rank * per_rank
@@ -123,7 +123,7 @@ class _CropBatches(torch.utils.data.Dataset):
 
     def generator(self, index, epoch):
         """One generator per (seed, epoch, image): the crops do not depend on worker count or resume."""
-        return torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFFFFFFFFFFFFFF)
+        return seeds.generator(self.seed, "crops", epoch, index)
 
     def decode(self, path, gen):
         return decode_for_crops(path, self.crops, gen)
@@ -138,7 +138,7 @@ class _CropBatches(torch.utils.data.Dataset):
                 return source, read(self.data.paths[source], self.generator(index, epoch))  # read(path, generator)
             except UNREADABLE:
                 unreadable.append(source)
-                source = hash((self.seed, epoch, index, attempt)) % len(self.data)
+                source = seeds.seed_of(self.seed, "stand-in", epoch, index, attempt) % len(self.data)
         raise UserError(f"{STAND_IN_TRIES} images of {self.data.root} in a row cannot be decoded, the last "
                         f"{self.data.paths[unreadable[-1]]}: check the folder with python -m tools.check_data")
 
@@ -276,11 +276,13 @@ class _EvalDataset(torch.utils.data.Dataset):
 
 
 class TrainBatches:
-    """Iterates one epoch of (x, labels, indices) on `device`.
+    """Iterates one epoch of (views, labels, indices) on `device`, whatever the data.
 
-    x is a uint8 (n, C, H, W) batch for in-memory data, or for folder data the list of uint8 crops (one tensor
-    per crop), cut by the workers (`decode="workers"`) or by `decode_and_crop` on the training device from the
-    file bytes the workers read (`decode="device"`). `crops` lists (size, (min_scale, max_scale)) per crop.
+    `views` is a list of float tensors, one per crop of `crops` ((size, (min_scale, max_scale)) each): the
+    RandomResizedCrops (n, C, size, size) in [0, 1], cut on the device for in-memory images (`cut_crops`, boxes
+    drawn from (seed, epoch, batch)), by the workers for image folders (`decode="workers"`, boxes from (seed, epoch,
+    image)), or by `decode_and_crop` on the device from the file bytes the workers read (`decode="device"`). With
+    no `crops`, the one view is the in-memory items themselves (the probe's precomputed features).
     """
 
     def __init__(self, data, batch_size, seed, device, crops=(), workers=0, rank=0, world_size=1, decode="workers",
@@ -308,10 +310,13 @@ class TrainBatches:
 
     def epoch(self, epoch, start=0):
         batches = epoch_batches(len(self.data), self.batch_size, self.seed, epoch, self.rank, self.world_size, start)
-        if isinstance(self.data, ArrayData):
-            for idx in batches:
-                idx = idx.to(self.data.images.device)
-                yield self.data.images[idx], self.data.labels[idx], idx
+        if not isinstance(self.data, FolderData):  # in memory, on the device
+            items = self.data.images
+            for b, idx in enumerate(batches, start):
+                idx = idx.to(items.device)
+                gen = seeds.generator(self.seed, "crop boxes", epoch, b, device=items.device)
+                views = cut_crops(items[idx], self.crops, gen, self.rank, self.world_size) if self.crops else [items[idx]]
+                yield views, self.data.labels[idx], idx
             return
         if self.loader is None:  # one loader for the whole run: its workers stay alive from epoch to epoch
             if self.decode == "device" and not all(p.lower().endswith((".jpg", ".jpeg")) for p in self.data.paths):
@@ -332,7 +337,7 @@ class TrainBatches:
                 crops, labels, idx, unreadable = batch
                 crops = [c.to(self.device, non_blocking=True).permute(0, 3, 1, 2) for c in crops]
             self.unreadable.update(unreadable.tolist())
-            yield crops, labels.to(self.device), idx.to(self.device)
+            yield [c.float() / 255 for c in crops], labels.to(self.device), idx.to(self.device)
 
 
 def eval_batches(data, batch_size, device, workers=0, size=224, indices=None):

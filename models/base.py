@@ -28,13 +28,8 @@ from data.loader import TrainBatches, unreadable_list
 from models.backbones import backbone_spec, build_backbone, multicrop_forward
 from models.heads import head_from_args
 from models.knn import extract_features, knn_accuracy
-from utils import config, dist, optim
+from utils import config, dist, optim, seeds
 from utils.errors import UserError
-
-
-def rank_seed(seed, stream=0):
-    """The seed of random stream `stream` on this rank: distinct per rank, per stream and per --seed."""
-    return (stream << 32) + seed * 1000 + dist.rank()
 
 
 def autocast(args, device):
@@ -59,7 +54,7 @@ def load_data(args, pretrain, device):
     def load(split):
         return load_dataset(args.data, args.data_root, split, args.skip_images, args.interpolation)
     train = fixed_subset(load("pretrain" if pretrain else "train"), args.subset, args.seed)
-    test = load("test")
+    test = fixed_subset(load("test"), getattr(args, "test_subset", 0), 0, "test_subset")  # (saved flags of older runs)
     knn_train = train
     if (train.labels < 0).any():  # STL-10's unlabeled images: kNN uses the labeled split
         knn_train = fixed_subset(load("train"), args.subset, args.seed)
@@ -91,13 +86,13 @@ class Problem(nn.Module):
 
     def generator(self, name):
         """A new random generator on the device, owned by this problem, saved per rank in checkpoints."""
-        self.generators[name] = torch.Generator(self.device).manual_seed(rank_seed(self.args.seed, len(self.generators)))
+        self.generators[name] = seeds.generator(self.args.seed, name, dist.rank(), device=self.device)
         return self.generators[name]
 
     def reseed(self, step):
         """Fresh streams for a resume on another number of processes: still distinct per rank and resume point."""
-        for stream, gen in enumerate(self.generators.values()):
-            gen.manual_seed(rank_seed(self.args.seed, stream) * 1000003 + step)
+        for name, gen in self.generators.items():
+            gen.manual_seed(seeds.seed_of(self.args.seed, name, dist.rank(), "resumed at", step))
 
     def autocast(self):
         return autocast(self.args, self.device)
@@ -105,12 +100,17 @@ class Problem(nn.Module):
     def train_data(self):
         return self.data.train
 
+    def crops(self):
+        """(size, (min_scale, max_scale)) of every crop the loader cuts from each image; none: each batch is the
+        in-memory items as they are (the probe's precomputed features)."""
+        return self.augment.crops
+
     def train_batches(self, folder=None):
         """The batches of every epoch: this rank's share of each global batch, or all of it; with the run `folder`,
         the images that cannot be decoded are listed there (data.loader.UnreadableList)."""
         shards = 1 if self.whole_batch_on_every_rank(self.args) else dist.world_size()
         data = self.train_data()
-        return TrainBatches(data, self.args.batch_size, self.args.seed, self.device, crops=self.augment.crops,
+        return TrainBatches(data, self.args.batch_size, self.args.seed, self.device, crops=self.crops(),
                             workers=self.args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
                             decode=self.args.decode,
                             listed=unreadable_list(data, folder, self.args.max_unreadable) if folder else None)

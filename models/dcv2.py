@@ -6,7 +6,7 @@ from data.loader import steps_per_epoch
 from models.base import Pretrain
 from models.heads import prototype_layers
 from models.memory import spherical_kmeans
-from utils import config, dist
+from utils import config, dist, seeds
 from utils.errors import UserError
 
 NO_ASSIGNMENT = -100  # cross_entropy's ignore_index: an image not in any bank yet
@@ -79,7 +79,7 @@ class DeepClusterV2(Pretrain):
         for h, layer in enumerate(self.prototypes):
             bank = self.bank[h % len(self.bank)]
             k = layer.weight.shape[0]
-            gen = torch.Generator().manual_seed((self.args.seed * 1000 + epoch) * 100 + h)
+            gen = seeds.generator(self.args.seed, "kmeans_start", epoch, h)
             start = dist.broadcast(bank[torch.randperm(len(bank), generator=gen)[:k].to(bank.device)])  # rank 0's rows
             centroids, members = spherical_kmeans(bank, start, self.args.kmeans_iters)
             layer.weight.copy_(centroids)

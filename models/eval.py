@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.augment import Augment
-from data.datasets import ArrayData, balanced_subset, label_subset_lines, read_label_subset
+from data.datasets import balanced_subset, label_subset_lines, read_label_subset
 from models.backbones import build_backbone, spec_problem
 from models.base import Problem, load_data
 from models.heads import head_from_args
@@ -89,7 +89,8 @@ def take_labelled(args, data):
         if args.validation >= len(pool):
             raise UserError(f"--validation {args.validation} leaves no image to train on: {len(pool)} are not "
                             "labelled ones")
-        held = pool[balanced_subset(data.train.labels.cpu()[pool], args.validation / len(pool), args.seed)]
+        held = pool[balanced_subset(data.train.labels.cpu()[pool], args.validation / len(pool), args.seed,
+                                    "validation")]
         if len(picked) == len(everything):
             picked = everything[~torch.isin(everything, held)]
         data.validation_subset = label_subset_lines(data.train, held)
@@ -114,11 +115,15 @@ def classifier_accuracy(classifier, feats, labels, num_classes):
     return acc1, 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
 
 
-class FeatureData(ArrayData):
-    """Precomputed features in place of images: the loop batches them like any in-memory dataset."""
+class FeatureData:
+    """Precomputed features in place of images: the loader batches their rows as it batches in-memory images, one
+    view of no crops (`data.loader.TrainBatches`)."""
 
     def __init__(self, features, labels, num_classes):
-        self.name, self.images, self.labels, self.num_classes = "features", features, labels, num_classes
+        self.images, self.labels, self.num_classes = features, labels, num_classes
+
+    def __len__(self):
+        return len(self.labels)
 
 
 class LinearEval(Problem):
@@ -230,6 +235,9 @@ class LinearEval(Problem):
             self._features = super().features()
         return self._features
 
+    def crops(self):
+        return () if self.args.precompute_features else self.augment.crops
+
     def train_data(self):
         if not self.args.precompute_features:
             return self.data.train
@@ -265,12 +273,12 @@ class LinearEval(Problem):
         return first[0], len(feats)
 
     def forward(self, batch, step):
-        x, y, _ = batch
+        (x,), y, _ = batch  # one view: the features, or one crop of the images
         if self.args.precompute_features:
             feats = x
         else:
             with torch.no_grad(), self.autocast():
-                feats = self.backbone(self.augment(x)[0]).float()
+                feats = self.backbone(self.augment([x])[0]).float()
         return F.cross_entropy(self.classifier(feats), y), {}, {}
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ from models.base import Pretrain
 from models.knn import bank_knn
 from models.losses import nce_loss
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives
-from utils import config, dist
+from utils import config, dist, seeds
 from utils.errors import UserError
 
 
@@ -38,7 +38,7 @@ class NPID(Pretrain):
         self.negatives = self.generator("negatives")
         # the same bank on every rank: one generator seeded alike everywhere
         self.memory_bank = init_memory_bank(len(data.train), args.embedding_dim,
-                                            torch.Generator(device).manual_seed(args.seed))
+                                            seeds.generator(args.seed, "memory_bank", device=device))
         self.z_const = torch.tensor(-1.0, device=device)  # NCE's Z; negative until the first batch estimates it
         self.z_known = False
         self.memory_filled = args.memory_init == "random"

@@ -49,18 +49,27 @@ def test_crop_boxes_follow_scale_and_ratio():
 
 
 @pytest.mark.parametrize("size", [24, 10])  # up- and downsampling
-def test_crop_resize_matches_torchvision_antialiased_resized_crop_and_flip(size):
+def test_crop_resize_matches_torchvision_antialiased_resized_crop(size):
     x = images(4, side=16)
     boxes = torch.tensor([[2.0, 3.0, 8.0, 6.0], [0.0, 0.0, 16.0, 16.0], [5.0, 1.0, 10.0, 12.0], [9.0, 0.0, 7.0, 16.0]])
-    flip = torch.tensor([False, True, False, True])
-    out = A.crop_resize(x, boxes, size, flip)
+    out = A.crop_resize(x, boxes, size)
     for i, (x0, y0, w, h) in enumerate(boxes.int().tolist()):
         ref = TF.resized_crop(x[i], y0, x0, h, w, [size, size], antialias=True)
-        ref = TF.hflip(ref) if flip[i] else ref
         torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-5)
     # a 4x downsample averages: not the 2 of 4 pixels that plain bilinear reads
     alias = TF.resized_crop(x[1], 0, 0, 16, 16, [4, 4], antialias=False)
-    assert (A.crop_resize(x[1:2], boxes[1:2], 4, flip[:1])[0] - alias).abs().max() > 0.05
+    assert (A.crop_resize(x[1:2], boxes[1:2], 4)[0] - alias).abs().max() > 0.05
+
+
+def test_cut_crops_gives_a_rank_its_rows_of_the_global_batchs_crops():
+    x = (images(8, side=20) * 255).to(torch.uint8)
+    crops = [(16, (0.2, 1.0)), (8, (0.05, 0.2))]
+    whole = A.cut_crops(x, crops, gen(4))
+    assert [tuple(c.shape) for c in whole] == [(8, 3, 16, 16), (8, 3, 8, 8)] and whole[0].dtype == torch.float32
+    assert not torch.allclose(whole[0][:4], A.cut_crops(x[:4], crops[:1], gen(5))[0])  # the generator draws the boxes
+    for rank in (0, 1):  # on 2 processes, each rank's images take the crops they take on one
+        part = A.cut_crops(x[4 * rank:4 * rank + 4], crops, gen(4), rank=rank, world_size=2)
+        assert all(torch.equal(p, w[4 * rank:4 * rank + 4]) for p, w in zip(part, whole))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -93,17 +102,19 @@ def test_solarize_and_normalize():
 
 
 def test_augment_gives_one_normalized_tensor_per_crop_with_independent_draws():
-    x = (images(8, side=32) * 255).to(torch.uint8)
+    x = images(8, side=32)
     aug = A.Augment([2, 3], [32, 16], [0.14, 0.05], [1.0, 0.14], (0.5,) * 3, (0.25,) * 3, 3, generator=gen())
-    crops = aug(x)
+    views = [x.clone(), x.clone()] + [x[:, :, :16, :16].clone() for _ in range(3)]  # the same crop five times
+    crops = aug(views)
     assert [tuple(c.shape) for c in crops] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 3
     assert not torch.allclose(crops[0], crops[1]) and not torch.allclose(crops[2], crops[3])
+    assert torch.equal(views[0], x)  # the loader's crops are left as they are
     # same generator seed, same crops: augmentation is reproducible
-    again = A.Augment([2, 3], [32, 16], [0.14, 0.05], [1.0, 0.14], (0.5,) * 3, (0.25,) * 3, 3, generator=gen())(x)
+    again = A.Augment([2, 3], [32, 16], [0.14, 0.05], [1.0, 0.14], (0.5,) * 3, (0.25,) * 3, 3, generator=gen())(views)
     assert all(torch.equal(a, b) for a, b in zip(crops, again))
-    # pre-cropped uint8 crops from folder workers: flipped and distorted, not re-cropped
-    pre = aug([c[:, :, :10, :10] for c in [x] * 5])
-    assert pre[0].shape == (8, 3, 10, 10)
+    # a flipped image only: the crop mirrored, then normalised
+    flip = A.Augment([1], [32], [1.0], [1.0], (0.5,) * 3, (0.25,) * 3, 3, flip_prob=1.0, colour=False)([x])[0]
+    torch.testing.assert_close(flip, (x.flip(-1) - 0.5) / 0.25)
 
 
 def test_mismatched_multicrop_lists_are_rejected():

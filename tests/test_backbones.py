@@ -38,6 +38,6 @@ def test_every_problem_trains_and_probes_a_custom_regnet(tmp_path, problem):
     spec = saved(folder, "backbone.pth")["backbone_spec"]
     assert spec["arch"] == "regnet" and spec["regnet"]["depth"] == 4
     _, probe = train.main(["--problem", "eval", "--encoder_ckpt", folder, "--subset", "512", "--epochs", "1",
-                           "--knn_k", "20", "--root", str(tmp_path)])
+                           "--knn_k", "20", "--root", str(tmp_path), "--test_subset", "1000"])
     # the probe rebuilt the backbone from its exported spec and weights: the same features, the same kNN
     assert probe["knn_acc1"] == metrics["knn_acc1"] and probe["knn_acc5"] == metrics["knn_acc5"]

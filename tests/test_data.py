@@ -101,10 +101,11 @@ def test_image_folder_train_crops_and_eval_views(tmp_path):
     batches = TrainBatches(train, 4, seed=0, device="cpu", crops=[(24, (0.2, 1.0)), (24, (0.2, 1.0)), (8, (0.05, 0.2))])
     crops, labels, idx = next(batches.epoch(0))
     assert [tuple(c.shape) for c in crops] == [(4, 3, 24, 24)] * 2 + [(4, 3, 8, 8)]
-    assert crops[0].dtype == torch.uint8
+    assert crops[0].dtype == torch.float32 and 0 <= crops[0].min() and crops[0].max() <= 1
     # a plain-colour image stays its colour under any crop: the crop belongs to the indexed image
     for j, i in enumerate(idx.tolist()):
-        assert crops[2][j, 0, 0, 0].item() == (200 if labels[j] == 1 else 0) and labels[j] == train.labels[i]
+        assert round(crops[2][j, 0, 0, 0].item() * 255) == (200 if labels[j] == 1 else 0)
+        assert labels[j] == train.labels[i]
     x, y = next(eval_batches(load_dataset("folder", str(tmp_path), "test"), 6, "cpu", size=16))
     assert x.shape == (6, 3, 16, 16) and y.tolist() == [0, 0, 0, 1, 1, 1]
 
@@ -140,3 +141,16 @@ def test_fixed_subset_is_the_same_for_a_seed(fmnist):
     a, b = fixed_subset(data, 100, 0), fixed_subset(data, 100, 0)
     assert len(a) == 100 and torch.equal(a.images, b.images)
     assert not torch.equal(a.labels, fixed_subset(data, 100, 1).labels)
+
+
+def test_test_subset_scores_on_the_same_test_images_for_every_seed(fmnist):
+    import train
+    from models.base import load_data
+    from utils.config import parse_args
+    full = load_dataset("fmnist", None, "test")
+    tests = [load_data(parse_args(["--test_subset", "300", "--seed", s], train.PROBLEMS), True, "cpu").test
+             for s in ("0", "1")]
+    assert len(tests[0]) == 300 and torch.equal(tests[0].images, tests[1].images)
+    rows = {bytes(x.numpy()) for x in full.images}  # 300 of the test images, not of the training ones
+    assert all(bytes(x.numpy()) in rows for x in tests[0].images)
+    assert len(load_data(parse_args([], train.PROBLEMS), True, "cpu").test) == len(full)

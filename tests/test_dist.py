@@ -248,7 +248,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path)
 @pytest.mark.slow
 def test_linear_eval_on_two_processes_matches_one(runs, tmp_path):
     args = ["--problem", "eval", "--encoder_ckpt", runs["pre"], "--subset", "512", "--epochs", "10", "--batch_size", "128",
-            "--linear_bn", "true", "--knn_k", "20"]
+            "--linear_bn", "true", "--knn_k", "20", "--test_subset", "1000"]
     one = start_train(args + ["--root", str(tmp_path / "one")])
     out1, err = one.communicate(timeout=HANG)
     assert one.returncode == 0, err

@@ -11,7 +11,8 @@ from tools.benchmark import make_jpeg_folder
 from utils.errors import UserError
 
 PROBE = ["--problem", "eval", "--encoder_ckpt", "pixels", "--data", "fmnist", "--subset", "2000", "--epochs", "5",
-         "--batch_size", "50", "--opt", "sgd", "--lr", "0.05", "--knn_k", "20", "--workers", "0"]
+         "--batch_size", "50", "--opt", "sgd", "--lr", "0.05", "--knn_k", "20", "--workers", "0",
+         "--test_subset", "1000"]
 
 
 def test_the_subset_is_class_balanced_and_fixed_by_the_seed():

@@ -1,4 +1,4 @@
-"""The folder pipeline: crop boxes keep RandomResizedCrop's distribution, the crops are torchvision's resized_crop
+"""The training batches: crop boxes keep RandomResizedCrop's distribution, the crops are torchvision's resized_crop
 within resampling error, a reduced JPEG decode gives the crops a full decode gives, and batches depend only on
 (seed, epoch, index), not on worker count or resume."""
 import math
@@ -10,7 +10,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from data.datasets import FolderData
+from data.datasets import ArrayData, FolderData
 from data.loader import TrainBatches, crop_boxes, decode_for_crops, resize_crops
 from tools.benchmark import make_jpeg_folder, natural_image
 
@@ -101,7 +101,7 @@ def epoch_of(data, epoch, workers, start=0):
 def test_batches_are_the_same_with_0_1_and_2_workers_and_on_resume(jpegs):
     ref = epoch_of(jpegs, 1, workers=0)
     assert len(ref) == 3 and [tuple(c.shape) for c in ref[0][0]] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 2
-    assert ref[0][0][0].dtype == torch.uint8 and ref[0][0][0].is_contiguous(memory_format=torch.channels_last)
+    assert ref[0][0][0].dtype == torch.float32 and ref[0][0][0].is_contiguous(memory_format=torch.channels_last)
     for got in (epoch_of(jpegs, 1, workers=1), epoch_of(jpegs, 1, workers=2), [None] + epoch_of(jpegs, 1, 0, start=1)):
         for a, b in zip(ref, got):
             if b is not None:
@@ -125,6 +125,24 @@ def test_decoding_on_the_device_gives_the_worker_decoded_crops_within_resampling
     for (a, la, ia), (b, lb, ib) in zip(workers.epoch(0), device.epoch(0)):
         assert torch.equal(ia, ib) and torch.equal(la, lb)
         for x, y in zip(a, b):  # same boxes; the antialiased bilinear filter against roi_align's area average
-            assert x.shape == y.shape and y.dtype == torch.uint8
-            diff = (x.float() - y.float()).abs()
+            assert x.shape == y.shape and y.dtype == torch.float32
+            diff = (x - y).abs() * 255
             assert diff.mean() < 4 and diff.quantile(0.99) < 40
+
+
+def test_in_memory_batches_are_cut_alike_on_any_number_of_processes_and_on_resume():
+    images = torch.randint(0, 256, (40, 1, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = ArrayData("fmnist", images, torch.arange(40) % 10, 10)
+    crops = [(16, (0.2, 1.0)), (8, (0.05, 0.2))]
+    whole = list(TrainBatches(data, 8, seed=5, device="cpu", crops=crops).epoch(2))
+    assert len(whole) == 5 and [tuple(v.shape) for v in whole[0][0]] == [(8, 1, 16, 16), (8, 1, 8, 8)]
+    assert whole[0][0][0].dtype == torch.float32 and torch.equal(whole[0][1], data.labels[whole[0][2]])
+    for rank in (0, 1):
+        part = TrainBatches(data, 8, seed=5, device="cpu", crops=crops, rank=rank, world_size=2).epoch(2)
+        for (views, _, idx), (ref, _, ref_idx) in zip(part, whole):
+            rows = slice(4 * rank, 4 * rank + 4)
+            assert torch.equal(idx, ref_idx[rows]) and all(torch.equal(v, r[rows]) for v, r in zip(views, ref))
+    resumed = list(TrainBatches(data, 8, seed=5, device="cpu", crops=crops).epoch(2, start=3))
+    assert all(torch.equal(v, r) for (a, _, _), (b, _, _) in zip(resumed, whole[3:]) for v, r in zip(a, b))
+    (items,), _, idx = next(TrainBatches(data, 8, seed=5, device="cpu").epoch(2))  # no crops: the items themselves
+    assert torch.equal(items, images[idx])

@@ -79,7 +79,7 @@ def test_nce_z_is_the_first_batch_estimate_then_its_moving_average(fmnist, momen
     images, labels = model.data.train.images, model.data.train.labels
     estimates = []
     for step, idx in enumerate([torch.arange(64), torch.arange(64, 128), torch.arange(128, 192)]):
-        _, logs, out = model(([images[idx], labels[idx], idx]), step)
+        _, logs, out = model(([images[idx].float() / 255], labels[idx], idx), step)  # one view: the whole image
         estimates.append(256 * out["scores"].exp().mean().item())
         model.after_step(step, out)  # the bank moves, so every batch's estimate differs
         expected = estimates[0]
@@ -116,7 +116,7 @@ def test_dcv2_resumed_mid_epoch_equals_uninterrupted_with_its_banks_and_clusters
     torch.testing.assert_close(a["model"]["prototypes.0.weight"].norm(dim=1), torch.ones(20))  # centroids
 
 
-# 256 images, batch 64: 100 steps are 25 epochs, 25 rounds of k-means and 25 updates of every bank row
+# 256 images, batch 64: 200 steps are 50 epochs, 50 rounds of k-means and 50 updates of every bank row
 LEARN = TINY + ["--subset", "256", "--lr", "4e-3", "--lr_schedule", "const", "--knn_k", "20", "--log_freq", "20"]
 METHODS = {"npid": ["--problem", "npid", "--num_negatives", "256", "--loss_type", "cross_entropy"],
            "dcv2": ["--problem", "dcv2", "--num_clusters", "20", "--kmeans_iters", "5", "--head_hidden_dims", "64",
@@ -133,9 +133,11 @@ def random_init_knn(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_loss_falls_and_knn_beats_the_random_init_backbone(tmp_path, random_init_knn, method):
-    folder, metrics = train.main(LEARN + METHODS[method] + ["--iters", "100", "--root", str(tmp_path)])
+    folder, metrics = train.main(LEARN + METHODS[method] + ["--iters", "200", "--root", str(tmp_path)])
     loss = pd.read_csv(os.path.join(folder, "logs.csv"))["train_loss"].dropna()
     assert loss.iloc[-1] < 0.8 * loss.iloc[0]
-    assert metrics["knn_acc1"] > random_init_knn + 2  # measured: 51.2 at init, 61.6 (NPID) and 60.6 (DCv2) after
+    # measured with seeds 0, 1, 2: +6.8, +4.2, +15.7 (NPID) and +3.1, +8.4, +15.4 (DCv2) over 54.6, 52.0, 48.1 at init;
+    # after 100 steps the gain ranged from -3.5 to +7.4: too early to tell learning from the init's luck
+    assert metrics["knn_acc1"] > random_init_knn + 2
     if method == "npid":
         assert metrics["bank_knn_acc1"] > 40  # NPID's own kNN against its bank; chance is 10

@@ -21,7 +21,8 @@ def test_raw_pixels_and_the_head_output_batchnorm_reach_the_run_and_its_probe(tm
     out_bn = [k for k in state if k.startswith("head.") and k.endswith("running_mean")][-1]
     assert torch.equal(state[out_bn.replace("running_mean", "bias")], torch.zeros(128))  # its shift stays at 0
     probe, _ = train.main(["--problem", "eval", "--root", str(tmp_path), "--encoder_ckpt", pre, "--subset", "256",
-                           "--iters", "2", "--batch_size", "64", "--opt", "sgd", "--knn_k", "10", "--workers", "0"])
+                           "--iters", "2", "--batch_size", "64", "--opt", "sgd", "--knn_k", "10", "--workers", "0",
+                           "--test_subset", "1000"])
     params = yaml.safe_load(open(os.path.join(probe, "params.yaml")))
     assert params["norm_mean"] == [0.0] and params["norm_std"] == [1.0]  # the encoder's inputs
 

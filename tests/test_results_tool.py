@@ -8,10 +8,11 @@ import pytest
 from conftest import TINY
 from tools import results
 
-PROBE = ["--subset", "512", "--iters", "3", "--workers", "0", "--knn_k", "20"]
+PROBE = ["--test_subset", "1000", "--subset", "512", "--iters", "3", "--workers", "0", "--knn_k", "20"]
 # 1,024 images: configs/fmnist_dcv2.yaml clusters each head's bank into 1,000
 PRETRAIN = TINY + ["--subset", "1024", "--iters", "4", "--log_freq", "2", "--knn_k", "20"]
-FINETUNE = ["--subset", "512", "--iters", "3", "--batch_size", "32", "--workers", "0", "--knn_k", "20", "--amp", "false"]
+FINETUNE = ["--test_subset", "1000", "--subset", "512", "--iters", "3", "--batch_size", "32", "--workers", "0",
+            "--knn_k", "20", "--amp", "false"]
 ALL = ["simclr", "swav", "npid", "dcv2", "random", "pixels"]
 
 

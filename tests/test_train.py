@@ -43,13 +43,14 @@ def test_linear_eval_scores_the_encoder(runs):
     assert logs["test_acc1"].iloc[-1] == pytest.approx(m["test_acc1"])
     # --eval_only --ckpt re-scores the trained probe and gets the same numbers
     _, again = train.main(["--problem", "eval", "--eval_only", "true", "--ckpt", runs["lin"], "--root", runs["root"],
-                           "--tmp", "true", "--subset", "512", "--knn_k", "20"])
+                           "--tmp", "true", "--subset", "512", "--knn_k", "20", "--test_subset", "1000"])
     assert again["test_acc1"] == pytest.approx(m["test_acc1"]) and again["knn_acc1"] == pytest.approx(m["knn_acc1"])
 
 
 def test_raw_pixel_and_random_init_baselines(tmp_path):
     _, pixels = train.main(["--problem", "eval", "--encoder_ckpt", "pixels", "--root", str(tmp_path), "--subset", "512",
-                            "--epochs", "2", "--batch_size", "128", "--opt", "sgd", "--lr", "0.1", "--knn_k", "20"])
+                            "--epochs", "2", "--batch_size", "128", "--opt", "sgd", "--lr", "0.1", "--knn_k", "20",
+                            "--test_subset", "1000"])
     assert pixels["test_acc1"] > 40
     folder, _ = train.main(["--problem", "simclr", "--iters", "0", "--root", str(tmp_path), "--knn_k", "20"] + TINY)
     assert saved(folder)["step"] == 0
@@ -59,7 +60,7 @@ def test_lbfgs_probe_resumed_equals_uninterrupted(tmp_path):
     """The full-batch L-BFGS probe: its curvature history is in the checkpoint, so a resumed probe ends the same."""
     args = ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "512", "--batch_size", "512", "--opt", "lbfgs",
             "--lr", "1", "--lr_scaling", "none", "--lr_schedule", "const", "--linear_bn", "true", "--log_freq", "5",
-            "--knn_k", "20"]
+            "--knn_k", "20", "--test_subset", "1000"]
     whole, metrics = train.main(args + ["--iters", "20", "--root", str(tmp_path / "a")])
     half, _ = train.main(args + ["--iters", "10", "--root", str(tmp_path / "b")])
     resumed, again = train.main(["--resume", half, "--iters", "20"])

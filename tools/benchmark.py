@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 import train
+from data.augment import cut_crops
 from data.datasets import STATS, FolderData
 from data.loader import TrainBatches
 from models.losses import info_nce_loss, sinkhorn
@@ -83,7 +84,8 @@ def timed(fn, repeats, device, warmup=True):
 
 def step_runner(argv):
     """(args, device, model, one_step): the problem of train.py's flags `argv`, built as train.py builds it, and a
-    call that takes one optimiser step on a fixed batch of its in-memory data."""
+    call that takes one optimiser step on a fixed batch of its in-memory data, its crops cut afresh as the loader
+    cuts them."""
     args = parse_args(argv, train.PROBLEMS)
     device = dist.pick_device(args.device)
     model, optimizer, scaler = train.build(args, device)
@@ -93,10 +95,14 @@ def step_runner(argv):
         raise UserError("step times in-memory datasets (fmnist, cifar, stl10); time folder data with `loader`")
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
-    idx = (torch.arange(args.batch_size) % len(data.train)).to(data.train.images.device)  # as the loader yields it
-    batch = data.train.images[idx], data.train.labels[idx], idx
-    counter = iter(range(10 ** 9))
-    return args, device, model, lambda: train.train_step(model, model, optimizer, scaler, batch, next(counter))
+    idx = (torch.arange(args.batch_size) % len(data.train)).to(data.train.images.device)
+    images, labels = data.train.images[idx], data.train.labels[idx]
+    gen, counter = torch.Generator(images.device).manual_seed(0), iter(range(10 ** 9))
+
+    def one_step():
+        batch = cut_crops(images, model.crops(), gen), labels, idx  # as the loader yields it
+        train.train_step(model, model, optimizer, scaler, batch, next(counter))
+    return args, device, model, one_step
 
 
 def step(argv, warmup=3):

@@ -120,6 +120,9 @@ def add_common_args(p):
     g.add_argument("--data_root", default=None,
                    help="where the dataset's files are (default: the dataset's usual place)")
     g.add_argument("--subset", type=INT0, default=0, help="train on a fixed random subset of this many images (0: all)")
+    g.add_argument("--test_subset", type=INT0, default=0,
+                   help="score on a fixed random subset of this many test images, the same for every --seed (0: all): "
+                        "quick looks and tests, not figures to report")
     g.add_argument("--decode", default="workers", choices=["workers", "device"],
                    help="folder datasets: workers decode and crop, or workers only read the JPEG bytes and the "
                         "training device decodes (TorchCodec: nvJPEG on CUDA) and crops (roi_align, an area average)")
