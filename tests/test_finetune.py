@@ -9,14 +9,17 @@ import train
 from conftest import saved
 
 TUNE = ["--problem", "finetune", "--data", "fmnist", "--subset", "1000", "--batch_size", "50", "--lr", "0.1",
-        "--lr_schedule", "const", "--min_scale", "0.5", "--knn_k", "20", "--workers", "0", "--log_freq", "10"]
+        "--lr_schedule", "const", "--min_scale", "0.5", "--knn_k", "20", "--workers", "0", "--log_freq", "10",
+        "--test_subset", "1000"]
 SCRATCH = ["--encoder_ckpt", "none", "--arch", "resnet18", "--width", "0.125"]
 
 
 @pytest.mark.slow
 def test_training_from_scratch_beats_its_random_init(tmp_path, fmnist):
     _, init = train.main(TUNE + SCRATCH + ["--iters", "0", "--root", str(tmp_path / "a")])
-    _, tuned = train.main(TUNE + SCRATCH + ["--iters", "60", "--root", str(tmp_path / "b")])
+    # lr 0.03: at 0.1, 60 steps gave 28.6 on one thread and 47.8 on two, from rounding alone; at 0.03, 100 steps
+    # gave 43.6 and 45.1
+    _, tuned = train.main(TUNE + SCRATCH + ["--lr", "0.03", "--iters", "100", "--root", str(tmp_path / "b")])
     assert tuned["test_acc1"] > init["test_acc1"] + 20, (init, tuned)  # ten classes: the init is near 10%
 
 
