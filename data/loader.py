@@ -314,8 +314,10 @@ class TrainBatches:
             items = self.data.images
             for b, idx in enumerate(batches, start):
                 idx = idx.to(items.device)
-                gen = seeds.generator(self.seed, "crop boxes", epoch, b, device=items.device)
-                views = cut_crops(items[idx], self.crops, gen, self.rank, self.world_size) if self.crops else [items[idx]]
+                views = [items[idx]]  # no crops: the items as they are
+                if self.crops:
+                    gen = seeds.generator(self.seed, "crop boxes", epoch, b, device=items.device)
+                    views = cut_crops(views[0], self.crops, gen, self.rank, self.world_size)
                 yield views, self.data.labels[idx], idx
             return
         if self.loader is None:  # one loader for the whole run: its workers stay alive from epoch to epoch

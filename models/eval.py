@@ -236,7 +236,7 @@ class LinearEval(Problem):
         return self._features
 
     def crops(self):
-        return () if self.args.precompute_features else self.augment.crops
+        return () if self.args.precompute_features else super().crops()
 
     def train_data(self):
         if not self.args.precompute_features:

@@ -29,7 +29,7 @@ from data.datasets import STATS, FolderData
 from data.loader import TrainBatches
 from models.losses import info_nce_loss, sinkhorn
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives, spherical_kmeans
-from utils import dist
+from utils import dist, seeds
 from utils.config import parse_args
 from utils.errors import UserError
 
@@ -97,7 +97,7 @@ def step_runner(argv):
         group["lr"] = 1e-4
     idx = (torch.arange(args.batch_size) % len(data.train)).to(data.train.images.device)
     images, labels = data.train.images[idx], data.train.labels[idx]
-    gen, counter = torch.Generator(images.device).manual_seed(0), iter(range(10 ** 9))
+    gen, counter = seeds.generator(args.seed, "crop boxes", device=images.device), iter(range(10 ** 9))
 
     def one_step():
         batch = cut_crops(images, model.crops(), gen), labels, idx  # as the loader yields it
