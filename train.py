@@ -16,6 +16,7 @@ from data.loader import steps_per_epoch, total_steps
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval
 from models.finetune import FineTune
+from models.monitors import CollapseWatch
 from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
@@ -84,8 +85,9 @@ class Progress:
     the mean training loss since the last row (over every rank) and the rate. Rows go to `log` (rank 0's RunLog);
     a failed write raises the OSError, which the run turns into its stop."""
 
-    def __init__(self, args, log, step, total, steps_per_epoch, full_batch, device):
+    def __init__(self, args, log, step, total, steps_per_epoch, full_batch, device, uniform_loss=None):
         self.log, self.steps_per_epoch, self.full_batch = log, steps_per_epoch, full_batch
+        self.uniform_loss = uniform_loss
         self.bar = tqdm(total=total, initial=step, disable=not dist.is_main() or step >= total, leave=False,
                         desc=f"{args.problem} ({args.opt})" if full_batch else args.problem,
                         unit="iter" if full_batch else "it", dynamic_ncols=True)
@@ -99,20 +101,25 @@ class Progress:
         self.bar.update(1)
 
     def row(self, step, lr, logs):
-        """The row of step `step` (iterations and the objective for a full-batch solver), then a new interval."""
+        """The row of step `step` (iterations and the objective for a full-batch solver), then a new interval.
+        Returns the row; with `uniform_loss` (ln K) it holds the mean loss's distance from it too."""
         rate = self.images / (time.time() - self.tick)
         train_loss = dist.all_reduce_mean(self.loss_sum).item() / self.loss_count
+        if self.uniform_loss is not None:
+            logs = dict(logs, loss_minus_lnk=train_loss - self.uniform_loss)
         if self.full_batch:
             self.bar.set_postfix(objective=f"{train_loss:.6g}")
         else:
             self.bar.set_postfix(epoch=f"{step / self.steps_per_epoch:.2f}", loss=f"{train_loss:.4f}", lr=f"{lr:.4g}",
                                  img_s=f"{rate:.0f}")
+        row = dict(iter=step, epoch=step / self.steps_per_epoch, lr=lr, train_loss=train_loss, img_per_s=rate,
+                   **{k: float(v) for k, v in logs.items()})
         if self.log:
-            self.log.row(iter=step, epoch=step / self.steps_per_epoch, lr=lr, train_loss=train_loss, img_per_s=rate,
-                         **{k: float(v) for k, v in logs.items()})
+            self.log.row(**row)
         self.loss_sum.zero_()
         self.loss_count, self.images = 0, 0
         self.restart_clock()
+        return row
 
     def restart_clock(self):
         """The rate leaves out what was not training (an evaluation)."""
@@ -123,15 +130,18 @@ class Run:
     """A run in progress, from `step` to `total`: the loop, the schedule, evaluations, checkpoints and the early
     stops (utils/stops.py); what it shows and logs of its steps is its `progress`."""
 
-    def __init__(self, args, model, net, optimizer, scaler, folder, log, step, signals):
+    def __init__(self, args, model, net, optimizer, scaler, probe, folder, log, step, signals):
         self.args, self.model, self.net, self.optimizer, self.scaler = args, model, net, optimizer, scaler
-        self.folder, self.log, self.step = folder, log, step
+        self.probe, self.folder, self.log, self.step = probe, folder, log, step
         data = model.train_data()
         self.steps_per_epoch = steps_per_epoch(len(data), args.batch_size)
         self.total = total_steps(args, len(data))
         self.done, self.stopped_by, self.lr = step >= self.total, None, 0.0
         # a full-batch step is one pass over the data: the bar shows iterations and the objective
-        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, model.full_batch, model.device)
+        monitored = getattr(args, "monitors", False)  # (eval and finetune have none)
+        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, model.full_batch, model.device,
+                                 model.uniform_loss if monitored else None)
+        self.watch = CollapseWatch(args.problem, getattr(args, "embedding_dim", 0), model.uniform_loss)
         self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.progress.bar.close, signals)
         self.batches = None
 
@@ -152,6 +162,8 @@ class Run:
             for batch in batches.epoch(epoch, start=self.step % self.steps_per_epoch):
                 self.set_lr()
                 loss, logs, out = train_step(model, self.net, self.optimizer, self.scaler, batch, self.step)
+                if self.probe:
+                    self.probe.step(*model.probe_batch(batch, out))
                 if self.step_done(loss, logs, out, self.args.batch_size):
                     break
 
@@ -173,7 +185,7 @@ class Run:
         # a GPU reads the non-finite flag only at log and save steps: reading it costs a sync
         signalled = self.stops.poll(step, loss, out, check=self.model.device.type == "cpu" or log_due or save_due)
         if log_due:
-            self.log_progress(logs)
+            self.log_progress(logs, out)
         if args.eval_freq > 0 and self.step % args.eval_freq == 0 and not at_end:
             self.evaluate()
             self.model.train()
@@ -185,12 +197,23 @@ class Run:
         self.done = at_end or signalled
         return self.done
 
-    def log_progress(self, logs):
+    def log_progress(self, logs, out):
+        """The logs.csv row: the step's `logs`, the monitors of its tensors `out` (the mean over the ranks) and the
+        online probe's accuracy; and the collapse warning when the row shows one."""
         listed = self.batches.listed if self.batches is not None else None
         if listed is not None:  # image folders: the files that failed to decode, replaced by stand-ins
             self.note_unreadable(listed)
             logs = dict(logs, unreadable=len(listed))
-        self.writing(self.progress.row, self.step, self.lr, logs)
+        monitors = self.model.monitors(out)
+        if monitors and dist.world_size() > 1:
+            values = dist.all_reduce_mean(torch.tensor(list(monitors.values()), device=self.model.device))
+            monitors = dict(zip(monitors, values.tolist()))
+        if self.probe:
+            monitors["online_acc"] = self.probe.accuracy()
+        row = self.writing(self.progress.row, self.step, self.lr, dict(logs, **monitors))
+        warning = self.watch.check(self.step, row) if row and monitors else None
+        if warning and self.log:
+            self.writing(self.log.print, warning)
 
     def note_unreadable(self, listed):
         """Say which files any rank failed to decode since the last row; past --max_unreadable, stop with a
@@ -211,7 +234,7 @@ class Run:
         self.stops.check_weights(self.model, self.step)
         try:
             checkpoint.save(self.folder, self.step, self.total, self.step // self.steps_per_epoch, self.args, self.model,
-                            self.optimizer, self.scaler)
+                            self.optimizer, self.scaler, self.probe)
         except OSError as e:
             if os.path.basename(e.filename or "") == checkpoint.BACKBONE:  # the checkpoint itself was written
                 self.stops.saved_step = self.step
@@ -241,7 +264,8 @@ def open_run(args, signals):
     if args.batch_size > len(model.train_data()):
         raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
     net = distribute(model, args, device)
-    step = checkpoint.restore(args.resume, model, optimizer, scaler) if args.resume else 0
+    probe = model.online_probe()
+    step = checkpoint.restore(args.resume, model, optimizer, scaler, probe) if args.resume else 0
     if args.resume:
         folder = os.path.dirname(args.resume)
         if dist.is_main():
@@ -254,7 +278,9 @@ def open_run(args, signals):
             checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
     if log:
         log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
-    return Run(args, model, net, optimizer, scaler, folder, log, step, signals)
+        for line in model.warnings():
+            log.print(line)
+    return Run(args, model, net, optimizer, scaler, probe, folder, log, step, signals)
 
 
 def train(args):
@@ -336,6 +362,7 @@ def dry_run(args, sources):
         lines.append(f"{args.opt} group: {len(g['params'])} tensors, {sum(p.numel() for p in g['params'])} parameters, "
                      f"weight decay {g.get('weight_decay', args.weight_decay):g}, lr x {g.get('lr_scale', 1.0):g}, "
                      f"{adapted}")
+    lines += model.warnings()
     if model.crops():
         lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in model.crops()))
     print("\n".join(lines))

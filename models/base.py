@@ -28,6 +28,7 @@ from data.loader import TrainBatches, unreadable_list
 from models.backbones import backbone_spec, build_backbone, multicrop_forward
 from models.heads import head_from_args
 from models.knn import extract_features, knn_accuracy
+from models.monitors import OnlineProbe, effective_rank
 from utils import config, dist, optim, seeds
 from utils.errors import UserError
 
@@ -121,6 +122,20 @@ class Problem(nn.Module):
     def make_optimizer(self):
         return optim.build_optimizer(self, self.args)
 
+    def warnings(self):
+        """Lines the run prints once it has its folder: a recipe with a known trivial solution."""
+        return []
+
+    def online_probe(self):
+        """The linear probe the loop trains beside this problem (models.monitors.OnlineProbe), or None."""
+        return None
+
+    def monitors(self, out):
+        """{name: float} of the step whose `out` this is, for the logs.csv row (models/monitors.py)."""
+        return {}
+
+    uniform_loss = None  # the loss when every prediction is uniform (ln K), for the problems that have one
+
     def on_epoch_start(self, epoch, batches):
         pass
 
@@ -160,6 +175,7 @@ class Pretrain(Problem):
     def add_args(p):
         config.add_backbone_args(p)
         config.add_augment_args(p)
+        config.add_monitor_args(p)
 
     def __init__(self, args, data, device):
         super().__init__(args, data, device)
@@ -177,14 +193,36 @@ class Pretrain(Problem):
         if any(not 0 <= c < self.num_crops for c in crops):
             raise UserError(f"--{flag} {crops} names crops beyond the {self.num_crops} there are")
 
-    def project(self, crops):
-        """The head's output for a list of crop batches, crop-major, under autocast."""
+    def encode(self, crops, normalize=True):
+        """(backbone features, embeddings) of a list of crop batches, crop-major: the backbone and head under
+        autocast; the embeddings L2-normalized in float32, or (normalize False) the head's output as it is."""
         with self.autocast():
-            return self.head(multicrop_forward(self.backbone, crops))
+            features = multicrop_forward(self.backbone, crops)
+            z = self.head(features)
+        return features, F.normalize(z.float(), dim=1) if normalize else z
 
     def embed(self, crops):
         """The L2-normalized float32 embeddings of a list of crop batches, crop-major."""
-        return F.normalize(self.project(crops).float(), dim=1)
+        return self.encode(crops)[1]
+
+    def online_probe(self):
+        labels = self.data.train.labels
+        if not self.args.online_probe or (labels < 0).any():  # STL-10's unlabeled images: nothing to learn from
+            return None
+        return OnlineProbe(self.backbone.feat_dim, self.data.train.num_classes, self.args.online_probe_lr, self.device)
+
+    def probe_batch(self, batch, out):
+        """(features, labels) the online probe learns from: every crop of the first size (the large ones)."""
+        labels, large = batch[1], self.args.num_crops[0]
+        return out["features"][:large * len(labels)], labels.repeat(large)
+
+    def monitors(self, out):
+        """The effective rank of the first crop's backbone features and head outputs."""
+        if not self.args.monitors:
+            return {}
+        n = len(out["features"]) // self.num_crops
+        return dict(rankme_backbone=effective_rank(out["features"][:n]),
+                    rankme_head=effective_rank(out["embeddings"][:n]))
 
     def bank_pass(self, batches, epoch):
         """(crops, indices) of each of this rank's batches in one epoch, with a progress bar: a memory bank's fill.

@@ -1,4 +1,6 @@
 """DeepCluster-v2: SwAV's model with prototypes set to k-means centroids of a memory bank every epoch, never trained."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -6,6 +8,7 @@ from data.loader import steps_per_epoch
 from models.base import Pretrain
 from models.heads import prototype_layers
 from models.memory import spherical_kmeans
+from models.monitors import prototype_monitors, trivial_solution_warning
 from utils import config, dist, seeds
 from utils.errors import UserError
 
@@ -43,6 +46,21 @@ class DeepClusterV2(Pretrain):
         self.assignments = torch.full((len(args.num_clusters), len(data.train)), NO_ASSIGNMENT, dtype=torch.long,
                                       device=device)
         self.clustered_epoch = -1
+
+    @property
+    def uniform_loss(self):
+        return sum(math.log(k) for k in self.args.num_clusters) / len(self.args.num_clusters)
+
+    def warnings(self):
+        return trivial_solution_warning("--num_clusters", self.args.num_clusters, self.args.embedding_dim)
+
+    def monitors(self, out):
+        """Pretrain's, and how the first crop's embeddings use this epoch's centroids."""
+        values = super().monitors(out)
+        if values:
+            z = out["embeddings"][:len(out["index"])]
+            values.update(prototype_monitors(z, self.prototypes, self.args.temperature))
+        return values
 
     def get_extra_state(self):  # identical on every rank; the banks are per rank (rank_state)
         return dict(assignments=self.assignments, clustered_epoch=self.clustered_epoch)
@@ -95,11 +113,11 @@ class DeepClusterV2(Pretrain):
 
     def forward(self, batch, step):
         x, _, idx = batch
-        z = self.embed(self.augment(x))
+        h, z = self.encode(self.augment(x))
         targets = torch.cat([idx] * self.num_crops)
         losses = [F.cross_entropy(layer(z) / self.args.temperature, self.assignments[h][targets],
                                   ignore_index=NO_ASSIGNMENT) for h, layer in enumerate(self.prototypes)]
-        return torch.stack(losses).mean(), {}, dict(embeddings=z.detach(), index=idx)
+        return torch.stack(losses).mean(), {}, dict(embeddings=z.detach(), features=h.detach(), index=idx)
 
     @torch.no_grad()
     def after_step(self, step, out):

@@ -66,7 +66,7 @@ class NPID(Pretrain):
 
     def forward(self, batch, step):
         x, _, idx = batch
-        v = self.embed(self.augment(x))
+        h, v = self.encode(self.augment(x))
         size = len(self.memory_bank)
         rows = torch.cat([idx[:, None], sample_negatives(len(idx), self.args.num_negatives, size, self.negatives)], 1)
         scores = memory_scores(self.memory_bank, v, rows) / self.args.temperature
@@ -84,7 +84,7 @@ class NPID(Pretrain):
         logs = dict(pos_sim=cosines[:, 0].mean(), neg_sim=cosines[:, 1:].mean())
         if self.args.loss_type == "nce":
             logs["z_const"] = self.z_const
-        return loss, logs, dict(embeddings=v.detach(), index=idx, scores=scores.detach())
+        return loss, logs, dict(embeddings=v.detach(), features=h.detach(), index=idx, scores=scores.detach())
 
     @torch.no_grad()
     def after_step(self, step, out):

@@ -12,5 +12,6 @@ class SimCLR(Pretrain):
 
     def forward(self, batch, step):
         x, _, _ = batch
-        z = self.project(self.augment(x))
-        return info_nce_loss(z, self.num_crops, self.args.temperature), {}, dict(embeddings=z.detach())
+        h, z = self.encode(self.augment(x), normalize=False)
+        return (info_nce_loss(z, self.num_crops, self.args.temperature), {},
+                dict(embeddings=z.detach(), features=h.detach()))

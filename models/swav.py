@@ -1,10 +1,13 @@
 """SwAV: backbone -> MLP head -> normalize -> bias-free prototype layers; swapped prediction of Sinkhorn codes."""
+import math
+
 import torch
 import torch.nn.functional as F
 
 from models.base import Pretrain
 from models.heads import prototype_layers
 from models.losses import swav_loss
+from models.monitors import prototype_monitors, trivial_solution_warning
 from utils import config, dist, optim
 
 
@@ -54,7 +57,7 @@ class SwAV(Pretrain):
     def forward(self, batch, step):
         x, _, _ = batch
         self.normalize_prototypes()
-        z = self.embed(self.augment(x))
+        h, z = self.encode(self.augment(x))
         dtype = torch.float64 if self.args.use_double_precision else torch.float32
         use_queue = self.queue_on and self.queue_filled >= self.queue.shape[1]
         losses, all_scores, all_codes = [], [], []
@@ -68,8 +71,23 @@ class SwAV(Pretrain):
             losses.append(loss)
             all_scores.append(scores.detach())
             all_codes.append(codes)
-        out = dict(embeddings=z.detach(), scores=all_scores, codes=all_codes)
+        out = dict(embeddings=z.detach(), features=h.detach(), scores=all_scores, codes=all_codes)
         return torch.stack(losses).mean().float(), dict(queue_used=float(use_queue)), out
+
+    @property
+    def uniform_loss(self):
+        return sum(math.log(k) for k in self.args.num_prototypes) / len(self.args.num_prototypes)
+
+    def warnings(self):
+        return trivial_solution_warning("--num_prototypes", self.args.num_prototypes, self.args.embedding_dim)
+
+    def monitors(self, out):
+        """Pretrain's, and how the first crop's embeddings use the prototypes."""
+        values = super().monitors(out)
+        if values:
+            z = out["embeddings"][:len(out["embeddings"]) // self.num_crops]
+            values.update(prototype_monitors(z, self.prototypes, self.args.temperature))
+        return values
 
     def make_optimizer(self):
         return optim.build_optimizer(self, self.args, {p: self.args.prototypes_lr_scale for p in self.prototypes.parameters()})

@@ -47,4 +47,4 @@ def test_notebook_on_a_root_without_runs_says_so_in_one_line(tmp_path, monkeypat
 
 def test_read_logs_on_pretraining_runs_only_plots_them_and_says_no_probe_yet(pretrained_only, monkeypatch):
     outputs, images = execute("read_logs", pretrained_only, monkeypatch)
-    assert images == 1 and "no linear-evaluation run yet" in outputs
+    assert images == 2 and "no linear-evaluation run yet" in outputs  # losses and kNN, monitors

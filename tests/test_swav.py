@@ -27,6 +27,8 @@ def test_swav_trains_with_its_queue_and_resumes_it_exactly(tmp_path):
     b = saved(folder)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, value in a["online_probe"]["layer"].items():  # the online probe resumes too, momentum included
+        assert torch.equal(value, b["online_probe"]["layer"][key]), key
     assert b["rank_state"][0]["queue_filled"] == 128
     assert torch.equal(a["rank_state"][0]["queue"], b["rank_state"][0]["queue"])
 
@@ -52,7 +54,7 @@ def test_non_finite_loss_dumps_the_step_and_keeps_the_checkpoint(tmp_path):
     assert broken.returncode == 1
     assert "train.py: error: swav loss is nan at step 4" in broken.stderr
     dump = saved(folder, "nonfinite_step4_rank0.pt")
-    assert set(dump) == {"scores", "embeddings", "codes"} and dump["embeddings"].shape == (2 * 64, 128)
+    assert set(dump) == {"scores", "embeddings", "features", "codes"} and dump["embeddings"].shape == (2 * 64, 128)
     assert (folder / "checkpoint.pth.tar").read_bytes() == before
 
 

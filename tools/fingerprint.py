@@ -2,8 +2,8 @@
 
 Trains every method for 20 steps on a Fashion-MNIST subset at width 0.125 (SwAV with multi-crop and its queue)
 and probes the SimCLR run three ways (SGD on precomputed features, SGD on augmented crops, L-BFGS), then prints
-one SHA-256 per run of its final weights, extra state and logged figures (img/s left out). A change meant to
-keep behaviour, run before and after on the same machine, must print the same lines; another CPU may round
+per run the start of a SHA-256 of its final weights and extra state, and of one of its logged figures (img/s left
+out). A change meant to keep behaviour, run before and after on the same machine, must print the same lines; another CPU may round
 differently. About 20 s on two cores.
 """
 import argparse
@@ -35,7 +35,8 @@ PROBES = {
 
 
 def digest(folder):
-    """SHA-256 of a run's checkpointed model state (tensors bit for bit, in key order) and of its logs.csv."""
+    """(SHA-256 of a run's checkpointed step and model state, tensors bit for bit in key order; SHA-256 of its
+    logs.csv). The first alone says the weights are the same when the logs gained a column."""
     h = hashlib.sha256()
 
     def feed(value):
@@ -51,8 +52,7 @@ def digest(folder):
     ckpt = torch.load(os.path.join(folder, "checkpoint.pth.tar"), weights_only=True)
     feed(dict(step=ckpt["step"], model=ckpt["model"]))
     logs = pd.read_csv(os.path.join(folder, "logs.csv")).drop(columns="img_per_s")
-    h.update(logs.to_csv(index=False).encode())
-    return h.hexdigest()
+    return h.hexdigest(), hashlib.sha256(logs.to_csv(index=False).encode()).hexdigest()
 
 
 def main(argv=None):
@@ -67,7 +67,8 @@ def main(argv=None):
         for name, flags in PROBES.items():
             folders[name], _ = train.main(PROBE + ["--encoder_ckpt", folders["simclr"], "--root", root, "--name", name]
                                           + flags)
-        lines = [f"{name:15s} {digest(folder)}" for name, folder in folders.items()]
+        lines = [f"{name:15s} weights {weights[:16]}  logs {logs[:16]}"
+                 for name, (weights, logs) in ((name, digest(folder)) for name, folder in folders.items())]
     print("\n".join(lines))
     return lines
 

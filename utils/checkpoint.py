@@ -134,21 +134,23 @@ def backbone_weights(ckpt, path):
     return spec, {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
 
 
-def save(folder, step, total, epoch, args, model, optimizer, scaler):
-    """Rank 0 writes checkpoint.pth.tar and backbone.pth; every rank must call it (its streams are gathered)."""
+def save(folder, step, total, epoch, args, model, optimizer, scaler, probe=None):
+    """Rank 0 writes checkpoint.pth.tar and backbone.pth; every rank must call it (its streams are gathered).
+    `probe`: the online probe (models.monitors.OnlineProbe), the same on every rank."""
     per_rank = dist.all_gather_object((rng_state(model.generators), model.rank_state()))
     if dist.is_main():
         common = dict(args=vars(args), backbone_spec=model.backbone_spec)
         save_atomic(dict(common, step=step, total=total, epoch=epoch, model=model.state_dict(),
                          optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank]),
+                         rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank],
+                         **(dict(online_probe=probe.state_dict()) if probe else {})),
                     os.path.join(folder, CHECKPOINT))
         save_atomic(dict(common, backbone=model.backbone.state_dict()), os.path.join(folder, BACKBONE))
     dist.barrier()  # no rank exits (and gets its peers stopped) while rank 0 writes
 
 
-def restore(path, model, optimizer, scaler):
-    """Load the checkpoint at `path` into them; returns its step. An optimiser other than the checkpoint's (or
+def restore(path, model, optimizer, scaler, probe=None):
+    """Load the checkpoint at `path` into them (and the online probe, when both have one); returns its step. An optimiser other than the checkpoint's (or
     with other parameter groups) starts afresh, with a warning. On another number of processes than it was
     saved with, the random streams start afresh (distinct per rank and per resume point) and per-rank state
     (SwAV's queue, DeepCluster-v2's banks) is rebuilt by the model."""
@@ -165,6 +167,8 @@ def restore(path, model, optimizer, scaler):
             print(f"warning: --opt {model.args.opt} starts afresh ({e}); weights, step and schedule continue",
                   file=sys.stderr)
     scaler.load_state_dict(ckpt["scaler"])
+    if probe and "online_probe" in ckpt:
+        probe.load_state_dict(ckpt["online_probe"])
     step = ckpt["step"]
     if len(ckpt["rng"]) == dist.world_size():
         set_rng_state(ckpt["rng"][dist.rank()], model.generators)

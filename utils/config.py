@@ -238,6 +238,17 @@ def add_backbone_args(p, head=True):
                         "(simclr-pytorch's head)")
 
 
+def add_monitor_args(p):
+    g = p.add_argument_group("collapse monitors (logs.csv columns, models/monitors.py)")
+    g.add_argument("--monitors", type=str2bool, default=True,
+                   help="effective rank of features and embeddings, prototype usage and the distance of the loss from "
+                        "ln K at every --log_freq step, and a warning once they show collapse")
+    g.add_argument("--online_probe", type=str2bool, default=True,
+                   help="train a linear classifier on the detached backbone features beside pretraining (labelled "
+                        "data only) and log its training accuracy, online_acc; the encoder's steps are unchanged")
+    g.add_argument("--online_probe_lr", type=POSITIVE, default=0.1, help="the online probe's SGD learning rate")
+
+
 def add_augment_args(p):
     g = p.add_argument_group("augmentation (multi-crop and SimCLR colour distortion)")
     g.add_argument("--num_crops", type=INT1, nargs="+", default=[2], help="crops per image for each crop size")
