@@ -14,19 +14,21 @@ class ResNet(nn.Module):
     """torchvision's ResNet blocks and parameter names, every width times `width` (2 = RN50-w2).
 
     `cifar_stem`: a 3x3 first conv of stride `stem_stride` (1 in the CIFAR recipes) and no max-pool,
-    for images of 32 px or so.
+    for images of 32 px or so. `stem_padding`: the first conv's zero padding, 1 for the 3x3 stem and 3 for the 7x7
+    one unless given (solo-learn's CIFAR stem pads by 2).
     """
 
-    def __init__(self, arch="resnet50", width=1.0, cifar_stem=False, in_channels=3, stem_stride=1):
+    def __init__(self, arch="resnet50", width=1.0, cifar_stem=False, in_channels=3, stem_stride=1, stem_padding=None):
         super().__init__()
         block, layers = RESNETS[arch]
         planes = [max(1, int(round(64 * width * 2 ** i))) for i in range(4)]
         self.inplanes = planes[0]
         if cifar_stem:
-            self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stem_stride, 1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stem_stride, 1 if stem_padding is None else stem_padding,
+                                   bias=False)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, 3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, planes[0], 7, 2, 3 if stem_padding is None else stem_padding, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = nn.BatchNorm2d(planes[0])
         self.relu = nn.ReLU(inplace=True)
@@ -127,7 +129,8 @@ def build_backbone(spec):
         return Pixels(spec["in_channels"], spec["image_size"])
     if spec["arch"].startswith("regnet"):
         return RegNetBackbone(spec["arch"], spec["in_channels"], spec["cifar_stem"], spec.get("regnet"))
-    return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"], spec["stem_stride"])
+    return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"], spec["stem_stride"],
+                  spec.get("stem_padding"))
 
 
 def multicrop_forward(backbone, crops):

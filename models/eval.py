@@ -8,42 +8,99 @@ import torch.nn.functional as F
 from data.augment import Augment
 from data.datasets import balanced_subset, label_subset_lines, read_label_subset
 from models.backbones import build_backbone, spec_problem
+from models import published
 from models.base import Problem, load_data
 from models.heads import head_from_args
 from models.knn import bank_knn, eval_mode
-from utils import checkpoint, dist
+from utils import checkpoint, config, dist
 from utils.config import Flags, Range, find_action, str2bool
 from utils.errors import UserError
 
 
 def load_encoder(path):
-    """What `--encoder_ckpt` (or `--ckpt`) names: a run folder, checkpoint.pth.tar or backbone.pth, or `pixels`.
+    """What `--encoder_ckpt` (or `--ckpt`) names: a run folder, checkpoint.pth.tar or backbone.pth of this repo, a
+    file of another code base (models/published.py), or `pixels`.
 
-    Returns spec (the backbone's, None for pixels), weights (the backbone's state_dict), args (the flags of
-    the run that made it, {} for pixels) and state (that run's whole model state, None unless a checkpoint).
+    Returns spec (the backbone's, None for pixels), weights (the backbone's state_dict), args (the flags of the run
+    that made it, or those a published file implies; {} for pixels), state (that run's whole model state, None unless
+    a checkpoint of this repo) and layout (None for this repo's files).
     """
     if path == "pixels":
-        return types.SimpleNamespace(spec=None, weights={}, args={}, state=None)
-    ckpt = checkpoint.load(path)
+        return types.SimpleNamespace(spec=None, weights={}, args={}, state=None, layout=None)
+    ckpt = checkpoint.read(path)
+    where = checkpoint.resolve(path)
+    if not checkpoint.is_ours(ckpt):
+        found = published.convert(ckpt)
+        if found is None:
+            raise UserError(f"{where} is of no checkpoint layout this repo reads ({published.describe(ckpt)}); it reads "
+                            f"its own runs and {', '.join(published.LAYOUTS)} files")
+        if found.problem:
+            raise UserError(f"{where} ({found.layout} layout): {found.problem}")
+        return types.SimpleNamespace(spec=found.spec, weights=found.weights, args=found.args, state=None,
+                                     layout=found.layout)
     spec, weights = checkpoint.backbone_weights(ckpt, path)
     problem = spec_problem(spec)
     if problem:
-        raise UserError(f"{checkpoint.resolve(path)}: {problem}")
-    return types.SimpleNamespace(spec=spec, weights=weights, args=ckpt["args"], state=ckpt.get("model"))
+        raise UserError(f"{where}: {problem}")
+    return types.SimpleNamespace(spec=spec, weights=weights, args=ckpt["args"], state=ckpt.get("model"), layout=None)
 
 
 def encoder_backbone(spec, weights, data, name):
     """The backbone `spec` describes, for the images of `data` (dataset `name`), with `weights` (None: its random
-    initialisation)."""
+    initialisation); weights that do not fit it are one line naming the first tensor that differs."""
     if spec["in_channels"] != data.channels:
         raise UserError(f"the encoder takes {spec['in_channels']}-channel images, {name} has {data.channels}")
     backbone = build_backbone(spec)
     if weights is not None:
-        try:
-            backbone.load_state_dict(weights)
-        except RuntimeError as e:
-            raise UserError(f"encoder weights do not fit its architecture: {str(e).splitlines()[0]}")
+        there, here = checkpoint.shapes(weights), checkpoint.shapes(backbone.state_dict())
+        differ = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+        if differ:
+            k = differ[0]
+            raise UserError(f"encoder weights do not fit its {spec['arch']} backbone: {k} is "
+                            f"{list(there[k]) if k in there else 'absent'} in the file, "
+                            f"{list(here[k]) if k in here else 'absent'} in the backbone")
+        backbone.load_state_dict(weights)
     return backbone
+
+
+def _scratch_defaults():
+    p = config.Parser(add_help=False)
+    config.add_backbone_args(p, head=False)
+    return {a.dest: a.default for a in p._actions if a.option_strings and a.dest != "cifar_stem"}
+
+
+SCRATCH = _scratch_defaults()  # the backbone flags' defaults when no encoder sets them (cifar_stem: by image size)
+
+
+def add_encoder_backbone_args(p, scratch=None):
+    """The backbone flags, unset by default: the encoder's (`scratch`: where the usual defaults apply instead)."""
+    config.add_backbone_args(p, head=False)
+    for action in p._actions:  # ('%(default).0s' prints nothing, and keeps argparse from adding "None")
+        if action.dest in SCRATCH:
+            action.default = None
+            also = f"; {SCRATCH[action.dest]} with {scratch}" if scratch else ""
+            action.help += f" (default: the encoder's{also}; checked against its weights)%(default).0s"
+
+
+def encoder_arch_args(args, source):
+    """`args` with the backbone flags the user left unset taken from the encoder's backbone (the defaults without
+    an encoder); a flag set to another value than the encoder's is refused: the encoder's backbone is what is built.
+    For a file of another code base the encoder's backbone is read from its tensors' shapes."""
+    if source is None:
+        return args.replace(**{k: v for k, v in SCRATCH.items() if getattr(args, k) is None})
+    spec = source.spec
+    theirs = dict(arch=spec["arch"], width=spec.get("width"), stem_stride=spec.get("stem_stride"),
+                  cifar_stem=spec.get("cifar_stem"), **{f"regnet_{k}": v for k, v in spec.get("regnet", {}).items()})
+    whose = f"{source.layout} file, whose tensors are those of a backbone with" if source.layout else "whose backbone has"
+    changes = {}
+    for key in list(SCRATCH) + ["cifar_stem"]:
+        mine, their = getattr(args, key), theirs.get(key)
+        if mine is not None and their is not None and mine != their:
+            named = f"--encoder_ckpt {args.encoder_ckpt}" if args.encoder_ckpt else f"--ckpt {args.ckpt}"
+            raise UserError(f"--{key} {mine} contradicts {named}, a {whose} {key} {their}: "
+                            f"leave --{key} unset to use that backbone")
+        changes[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
+    return args.replace(**changes)
 
 
 def add_label_args(g):
@@ -129,9 +186,12 @@ class FeatureData:
 class LinearEval(Problem):
     @staticmethod
     def add_args(p):
+        add_encoder_backbone_args(p)
         g = p.add_argument_group("linear evaluation (--data and --data_root default to the encoder's)")
         g.add_argument("--encoder_ckpt", default=None,
-                       help="pretrained run folder, checkpoint.pth.tar or backbone.pth; `pixels` for the raw-pixel baseline")
+                       help="pretrained run folder, checkpoint.pth.tar or backbone.pth; a published checkpoint (the "
+                            "swav / DeepCluster-v2 releases, VISSL's model zoo, simclr-pytorch, solo-learn, a torchvision "
+                            "or timm ResNet); `pixels` for the raw-pixel baseline")
         g.add_argument("--precompute_features", type=str2bool, default=True,
                        help="compute the training features once, without augmentation (fast); else RandomResizedCrop + flip every step")
         g.add_argument("--min_scale", type=Range(float, gt=0, le=1), default=0.08,
@@ -175,6 +235,12 @@ class LinearEval(Problem):
         else:
             source = load_encoder(args.encoder_ckpt)
         args = encoder_data_args(args, source.args)
+        if source.spec is None:
+            given = [k for k in list(SCRATCH) + ["cifar_stem"] if getattr(args, k) is not None]
+            if given:
+                raise UserError(f"--{given[0]} has no meaning with --encoder_ckpt pixels: there is no backbone")
+        else:
+            args = encoder_arch_args(args, source)
         if args.eval_only:  # the probe's shape is the trained run's
             args = args.replace(linear_bn=source.args["linear_bn"])
         full_batch = cls.solves_full_batch(args)

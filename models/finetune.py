@@ -8,52 +8,21 @@ import torch.nn.functional as F
 from data.augment import Augment
 from models.backbones import backbone_spec
 from models.base import Problem, load_data
-from models.eval import (add_label_args, classifier_accuracy, encoder_backbone, encoder_data_args, load_encoder,
-                         on_validation, take_labelled)
-from utils import config, optim
+from models.eval import (add_encoder_backbone_args, add_label_args, classifier_accuracy, encoder_arch_args,
+                         encoder_backbone, encoder_data_args, load_encoder, on_validation, take_labelled)
+from utils import optim
 from utils.config import Range
 from utils.errors import UserError
-
-
-def _scratch_defaults():
-    p = config.Parser(add_help=False)
-    config.add_backbone_args(p, head=False)
-    return {a.dest: a.default for a in p._actions if a.option_strings and a.dest != "cifar_stem"}
-
-
-SCRATCH = _scratch_defaults()  # the backbone flags' defaults when no encoder sets them (cifar_stem: by image size)
-
-
-def encoder_arch_args(args, source):
-    """`args` with the backbone flags the user left unset taken from the encoder's backbone (the defaults without
-    an encoder); a flag set to another value than the encoder's is refused: the encoder's backbone is trained."""
-    if source is None:
-        return args.replace(**{k: v for k, v in SCRATCH.items() if getattr(args, k) is None})
-    spec = source.spec
-    theirs = dict(arch=spec["arch"], width=spec.get("width"), stem_stride=spec.get("stem_stride"),
-                  cifar_stem=spec.get("cifar_stem"), **{f"regnet_{k}": v for k, v in spec.get("regnet", {}).items()})
-    changes = {}
-    for key in list(SCRATCH) + ["cifar_stem"]:
-        mine, their = getattr(args, key), theirs.get(key)
-        if mine is not None and their is not None and mine != their:
-            raise UserError(f"--{key} {mine} contradicts --encoder_ckpt {args.encoder_ckpt}, whose backbone has "
-                            f"{key} {their}: leave --{key} unset to fine-tune that backbone")
-        changes[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
-    return args.replace(**changes)
 
 
 class FineTune(Problem):
     @staticmethod
     def add_args(p):
-        config.add_backbone_args(p, head=False)
-        for action in p._actions:  # unset: the encoder's; the usual defaults with --encoder_ckpt none
-            if action.dest in SCRATCH:  # ('%(default).0s' prints nothing, and keeps argparse from adding "None")
-                action.default = None
-                action.help += f" (default: the encoder's; {SCRATCH[action.dest]} with --encoder_ckpt none)%(default).0s"
+        add_encoder_backbone_args(p, scratch="--encoder_ckpt none")
         g = p.add_argument_group("fine-tuning (--data and --data_root default to the encoder's)")
         g.add_argument("--encoder_ckpt", default=None,
                        help="pretrained run folder, checkpoint.pth.tar or backbone.pth whose backbone (as that run "
-                            "built it) is fine-tuned; `none`: a random-init backbone of the --arch flags (supervised "
+                            "built it) is fine-tuned, or a published checkpoint (as --problem eval reads); `none`: a random-init backbone of the --arch flags (supervised "
                             "from scratch)")
         g.add_argument("--min_scale", type=Range(float, gt=0, le=1), default=0.08,
                        help="smallest RandomResizedCrop area fraction of the training crops (with a flip: the only "

@@ -3,7 +3,9 @@
 `save` writes a run's state (every rank's random streams and own state included) and the exported
 backbone; `restore` puts a checkpoint back into a model, its optimiser and its scaler.
 """
+import argparse
 import os
+import pickle
 import sys
 
 import torch
@@ -97,19 +99,41 @@ def resolve(path):
     return path
 
 
-def load(path, mmap=False):
-    """The checkpoint at `path` (a run folder, checkpoint.pth.tar or backbone.pth) on the CPU. `mmap`: tensors
-    are read only when touched, so reading the saved flags of a large checkpoint costs little."""
+def read(path, mmap=False):
+    """Whatever torch.save wrote at `path` (a run folder means its checkpoint.pth.tar), on the CPU, loaded weights-only:
+    tensors and plain Python values, and argparse Namespaces (simclr-pytorch keeps its flags in one); a file that
+    pickles any other class is refused in one line naming it, as is a truncated or foreign file. `mmap`: tensors are
+    read only when touched, so reading the saved flags of a large checkpoint costs little."""
     path = resolve(path)
     if os.path.getsize(path) == 0:
         raise UserError(f"{path} is empty: not a checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:
+            found = []
+        found = [g for g in found if g != "argparse.Namespace"]
+        if found:
+            raise UserError(f"{path} pickles Python objects that a weights-only load does not run ({', '.join(found[:4])})"
+                            f": save its state_dict alone (torch.save(ckpt['state_dict'], path)) from code you trust")
+        raise UserError(f"{path} is not a checkpoint this repo can read, or is truncated ({str(e).splitlines()[0][:120]})")
     except Exception as e:
         raise UserError(f"{path} is not a checkpoint this repo can read, or is truncated ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120]})")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("args"), dict):
-        raise UserError(f"{path} is not a checkpoint of this repo (no saved args)")
+
+
+def is_ours(ckpt):
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict)
+
+
+def load(path, mmap=False):
+    """The checkpoint of this repo at `path` (a run folder, checkpoint.pth.tar or backbone.pth) on the CPU."""
+    ckpt = read(path, mmap)
+    if not is_ours(ckpt):
+        raise UserError(f"{resolve(path)} is not a checkpoint of this repo (no saved args)")
     return ckpt
 
 
