@@ -135,14 +135,18 @@ def adjust_hue(x, shift):
     return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(q, 4 - q), 0, 1)
 
 
-def gaussian_blur(x, sigma, kernel_size):
-    """Separable Gaussian blur with a sigma per image, reflect padding."""
+BLUR_PADDING = {"reflect": "reflect", "replicate": "replicate", "zeros": "constant"}  # --blur_padding: F.pad's mode
+
+
+def gaussian_blur(x, sigma, kernel_size, padding="reflect"):
+    """Separable Gaussian blur with a sigma per image. `padding` fills the border: reflect (torchvision's
+    GaussianBlur), replicate (the edge pixel, as PIL's GaussianBlur extends it) or zeros (simclr-pytorch's Conv2d)."""
     n, c, height, width = x.shape
     radius = kernel_size // 2
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-t[None] ** 2 / (2 * sigma.to(x.dtype)[:, None] ** 2))
     k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n*c, kernel_size)
-    y = F.pad(x.reshape(1, n * c, height, width), (radius, radius, radius, radius), mode="reflect")
+    y = F.pad(x.reshape(1, n * c, height, width), (radius, radius, radius, radius), mode=BLUR_PADDING[padding])
     y = F.conv2d(y, k[:, None, :, None], groups=n * c)
     y = F.conv2d(y, k[:, None, None, :], groups=n * c)
     return y.reshape(n, c, height, width)
@@ -169,7 +173,7 @@ class Augment:
 
     def __init__(self, num_crops, size_crops, min_scale_crops, max_scale_crops, mean, std, channels,
                  jitter_strength=1.0, jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.0,
-                 flip_prob=0.5, colour=True, generator=None, jitter=None, blur_sigma=(0.1, 2.0)):
+                 flip_prob=0.5, colour=True, generator=None, jitter=None, blur_sigma=(0.1, 2.0), blur_padding="reflect"):
         self.crops = [(size, (lo, hi)) for n, size, lo, hi in
                       zip(num_crops, size_crops, min_scale_crops, max_scale_crops) for _ in range(n)]
         self.mean, self.std, self.channels = mean, std, channels
@@ -180,7 +184,7 @@ class Augment:
         self.num_jitter_ops = 4 if channels == 3 else 2  # one channel: brightness and contrast only
         self.jitter_prob, self.grayscale_prob = jitter_prob, grayscale_prob
         self.blur_prob, self.solarize_prob, self.flip_prob = blur_prob, solarize_prob, flip_prob
-        self.colour, self.blur_sigma = colour, tuple(blur_sigma)
+        self.colour, self.blur_sigma, self.blur_padding = colour, tuple(blur_sigma), blur_padding
         self.gen = generator if generator is not None else torch.Generator()
 
     def sample(self, n, side):
@@ -222,7 +226,7 @@ class Augment:
             x[m] = grayscale(x[m]).expand(-1, 3, -1, -1)
         m = p["blur"]
         if m.any():
-            x[m] = gaussian_blur(x[m], p["sigma"][m], p["kernel_size"])
+            x[m] = gaussian_blur(x[m], p["sigma"][m], p["kernel_size"], self.blur_padding)
         m = p["solarize"]
         if m.any():
             x[m] = solarize(x[m])
@@ -236,7 +240,7 @@ class Augment:
         if self.grayscale_prob > 0 and x.shape[1] == 3:  # the probabilities are the host's: no sync
             x = keep(p["grayscale"], grayscale(x).expand(-1, 3, -1, -1), x)
         if self.blur_prob > 0:
-            x = keep(p["blur"], gaussian_blur(x, p["sigma"], p["kernel_size"]), x)
+            x = keep(p["blur"], gaussian_blur(x, p["sigma"], p["kernel_size"], self.blur_padding), x)
         if self.solarize_prob > 0:
             x = keep(p["solarize"], solarize(x), x)
         return x
@@ -270,4 +274,4 @@ def from_args(args, data, generator):
     return Augment(args.num_crops, sizes, args.min_scale_crops, args.max_scale_crops, data.mean, data.std,
                    data.channels, jitter_strength=s, jitter_prob=args.jitter_prob, grayscale_prob=args.grayscale_prob,
                    blur_prob=blur, solarize_prob=args.solarize_prob, generator=generator,
-                   jitter=args.color_jitter, blur_sigma=args.blur_sigma)
+                   jitter=args.color_jitter, blur_sigma=args.blur_sigma, blur_padding=args.blur_padding)

@@ -181,6 +181,10 @@ class Pretrain(Problem):
         super().__init__(args, data, device)
         self.backbone_spec = backbone_spec(args, data.train)
         self.backbone = build_backbone(self.backbone_spec)
+        if args.conv_init == "default":
+            for m in self.backbone.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.reset_parameters()
         try:
             self.augment = from_args(args, data.train, self.generator("augment"))
         except ValueError as e:

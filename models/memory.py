@@ -5,11 +5,14 @@ import torch.nn.functional as F
 from utils import dist
 
 
-def init_memory_bank(size, dim, generator):
-    """NPID's bank: rows uniform in [-s, s], s = 1/sqrt(dim/3), then L2-normalized."""
+def init_memory_bank(size, dim, generator, mean_of=1):
+    """NPID's bank: rows uniform in [-s, s], s = 1/sqrt(dim/3), then L2-normalized. `mean_of` N > 1: the mean of N
+    such banks, not normalized again (rows of norm about 1/sqrt(N)), as VISSL's N GPUs each draw one and average."""
     s = 1.0 / (dim / 3) ** 0.5
-    bank = torch.rand(size, dim, generator=generator, device=generator.device) * (2 * s) - s
-    return F.normalize(bank, dim=1)
+    bank = F.normalize(torch.rand(size, dim, generator=generator, device=generator.device) * (2 * s) - s, dim=1)
+    for _ in range(mean_of - 1):
+        bank += F.normalize(torch.rand(size, dim, generator=generator, device=generator.device) * (2 * s) - s, dim=1)
+    return bank / mean_of if mean_of > 1 else bank
 
 
 def sample_negatives(batch, num_negatives, size, generator):

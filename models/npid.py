@@ -28,6 +28,11 @@ class NPID(Pretrain):
         g.add_argument("--memory_init", default="random", choices=["random", "network"],
                        help="the bank before training: random unit rows (NPID's own), or one pass of the initial "
                             "network over the augmented training images")
+        config.compat_group(p).add_argument(
+            "--memory_init_mean_of", type=config.INT1, default=1,
+            help="with --memory_init random: the bank starts as the mean of this many random banks of unit rows, not "
+                 "normalized again (VISSL draws one on each GPU and averages them: rows of norm about 1/sqrt(GPUs), "
+                 "and NCE's Z estimated from them)")
         g.add_argument("--nce_eps", type=config.NONNEGATIVE, default=1e-7, help="eps in the NCE denominators")
         p.set_defaults(head_hidden_dims=[], num_crops=[1], min_scale_crops=[0.2], color_jitter=[0.4, 0.4, 0.4, 0.4])
 
@@ -35,10 +40,13 @@ class NPID(Pretrain):
         super().__init__(args, data, device)
         if self.num_crops != 1:
             raise UserError(f"NPID takes one crop per image, not --num_crops {args.num_crops}")
+        if args.memory_init == "network" and args.memory_init_mean_of > 1:
+            raise UserError("--memory_init_mean_of averages random banks: it has no meaning with --memory_init network")
         self.negatives = self.generator("negatives")
         # the same bank on every rank: one generator seeded alike everywhere
         self.memory_bank = init_memory_bank(len(data.train), args.embedding_dim,
-                                            seeds.generator(args.seed, "memory_bank", device=device))
+                                            seeds.generator(args.seed, "memory_bank", device=device),
+                                            args.memory_init_mean_of)
         self.z_const = torch.tensor(-1.0, device=device)  # NCE's Z; negative until the first batch estimates it
         self.z_known = False
         self.memory_filled = args.memory_init == "random"

@@ -3,13 +3,23 @@
 Each entry is a config that names a published source, the source (repository, commit, files), the figure it quotes
 with the probe config it needs, and one row a hyperparameter: the flag, its effective value here (what the config
 resolves to, defaults included; tests/test_recipes.py checks every one), the source's value and where it was read.
+Its `code` rows are the behaviours no value names, read in the source's code path (file and line at the commit named):
+initialisation, padding, the loss's variant, when the schedule steps, steps per epoch, data order, which epoch the
+figure reports, the order of the operations; a row with a `pin` is checked against this repo's code by the tests.
 A row whose note is not empty is a difference, said in the config's header too.
 """
 import os
 
+import math
+
+import torch.nn as nn
+
 import train
+from data.loader import steps_per_epoch
+from models.backbones import ResNet
+from models.heads import head_from_args
 from utils.config import parse_args
-from utils.optim import scale_lr
+from utils.optim import lr_at, scale_lr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "recipes.md")
@@ -22,6 +32,7 @@ VISSL_SIMCLR = "configs/config/pretrain/simclr/simclr_8node_resnet.yaml"
 LR = "vissl/utils/hydra_config.py"
 BLUR_PIL = "PIL GaussianBlur in the loader; here a Gaussian kernel on the device"
 WARMUP_STEP = "reaches the peak one step later"
+IMAGENET = 1281167  # training images
 
 
 def derived(args):
@@ -48,7 +59,7 @@ def simclr_vissl(crops):
         ("peak lr", 4.8, "0.3 x 4096 / 256 = 4.8", "param_schedulers.lr.auto_lr_scaling", ""),
         ("warm-up start lr", 0.6, "0.3 x (64 x 8) / 256 = 0.6 (the yaml's 0.6 is rewritten to it)",
          f"{LR}, resolve_linear_schedule", ""),
-        ("warmup", 0.1, "lengths [0.1, 0.9]", "param_schedulers.lr.lengths", WARMUP_STEP),
+        ("warmup", 0.1, "lengths [0.1, 0.9]", "param_schedulers.lr.lengths", ""),
         ("lr_schedule", "cosine", "cosine 4.8 -> 0", "param_schedulers.lr.schedulers", ""),
         ("final lr", 0.0, "0", "schedulers[1].end_value", ""),
         ("cosine_time", "global", "interval_scaling [rescaled, fixed]", "param_schedulers.lr.interval_scaling", ""),
@@ -66,6 +77,10 @@ def simclr_vissl(crops):
         ("grayscale_prob", 0.2, "0.2", "ImgPilColorDistortion", ""),
         ("blur_prob", None, "0.5", "ImgPilGaussianBlur.p", ""),
         ("blur_sigma", [0.1, 2.0], "radius_min 0.1, radius_max 2.0", "ImgPilGaussianBlur", BLUR_PIL),
+        ("blur_padding", "replicate", "PIL's GaussianBlur repeats the edge pixel",
+         "vissl/data/ssl_transforms/img_pil_gaussian_blur.py:35", ""),
+        ("conv_init", "default", "PyTorch's layer default: conv1 and layer1-4 are rebuilt after torchvision's init loop",
+         "vissl/models/trunks/resnext.py:99-136", ""),
         ("interpolation", "bilinear", "RandomResizedCrop default", "DATA.TRAIN.TRANSFORMS", ""),
         ("norm_std", None, "mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (the default here)", "Normalize", ""),
     ]
@@ -112,6 +127,7 @@ def simclr_pytorch(batch, iters, lr, source):
         ("grayscale_prob", 0.2, "RandomGrayscale(p=0.2)", "utils/datautils.py, get_color_distortion", ""),
         ("blur_prob", 0.5, "GaussianBlur(im_size // 10, 0.5)", "models/ssl.py, SimCLR.transforms", ""),
         ("blur_sigma", [0.2, 2.0], "np.random.uniform(0.2, 2)", "utils/datautils.py, GaussianBlur", ""),
+        ("blur_padding", "zeros", "Conv2d(..., padding=[kernel_size // 2, 0]): zeros", "utils/datautils.py:51", ""),
         ("norm_mean", [0.0, 0.0, 0.0], "no Normalize (ToTensor, Clip)", "models/ssl.py, SimCLR.transforms", ""),
         ("norm_std", [1.0, 1.0, 1.0], "no Normalize", "models/ssl.py", ""),
         ("head_hidden_dims", [-1], "fc1 2048 -> 2048, bias False, bn1, relu1", "models/encoder.py, EncodeProject", ""),
@@ -142,6 +158,7 @@ def swav_common(script):
         ("grayscale_prob", 0.2, "RandomGrayscale(p=0.2)", "src/multicropdataset.py", ""),
         ("blur_prob", None, "PILRandomGaussianBlur p 0.5 (the default here for 224 px)", "src/multicropdataset.py", ""),
         ("blur_sigma", [0.1, 2.0], "radius 0.1 - 2.0", "src/multicropdataset.py", BLUR_PIL),
+        ("blur_padding", "replicate", "PIL's GaussianBlur repeats the edge pixel", "src/multicropdataset.py:82", ""),
         ("interpolation", "bilinear", "RandomResizedCrop default", "src/multicropdataset.py", ""),
     ]
 
@@ -226,7 +243,151 @@ def npid_vissl(source, extra):
         ("grayscale_prob", 0.0, "none", "DATA.TRAIN.TRANSFORMS", ""),
         ("blur_prob", 0.0, "none", "DATA.TRAIN.TRANSFORMS", ""),
         ("norm_std", None, "std [0.229, 0.224, 0.225] (the default here)", "Normalize", ""),
+        ("conv_init", "default", "PyTorch's layer default: conv1 and layer1-4 are rebuilt after torchvision's init loop",
+         "vissl/models/trunks/resnext.py:99-136", ""),
+        ("memory_init", "random", "U[-s, s] rows, s = 1/sqrt(128/3), L2-normalised (norm_init True)",
+         "vissl/losses/nce_loss.py:313-320", ""),
     ] + extra
+
+
+def vissl_warmup_matches(args):
+    """VISSL's composite schedule (fvcore: linear over the first `warmup` of the run's progress, then a cosine at the
+    overall progress, interval_scaling [rescaled, fixed]) against lr_at, at every step."""
+    per_epoch = steps_per_epoch(IMAGENET, args.batch_size)
+    total = per_epoch * args.epochs
+    peak, start = scale_lr(args.lr, args.batch_size, "linear"), scale_lr(args.warmup_start_lr, args.batch_size, "linear")
+    for step in range(total):
+        where = step / total
+        theirs = (start + (peak - start) * where / args.warmup if where < args.warmup
+                  else 0.5 * peak * (1 + math.cos(math.pi * where)))
+        if abs(theirs - lr_at(step, total, per_epoch, args)) > 1e-9:
+            return False
+    return True
+
+
+def per_epoch_is(steps):
+    return lambda args: steps_per_epoch(IMAGENET, args.batch_size) == steps
+
+
+def no_bias_before_batchnorm(args):
+    head = head_from_args(args, 2048)
+    return isinstance(head[1], nn.BatchNorm1d) and head[0].bias is None
+
+
+def simclr_vissl_code(multicrop):
+    s = "vissl/"
+    rows = [
+        ("zero-init residual", "none", "ZERO_INIT_RESIDUAL False; torchvision's would reach only the layers VISSL "
+         "discards", f"{s}models/trunks/resnext.py:99-136; vissl/config/defaults.yaml:666", ""),
+        ("head init", "PyTorch's Linear default", "PyTorch's Linear default, scaled by PARAMS_MULTIPLIER 1.0",
+         f"{s}models/heads/mlp.py:89, 107", ""),
+        ("warm-up end", "lr x step / W: (W - 1) / W of the way at step W - 1", "fvcore's linear over progress "
+         "[0, 0.1), rescaled: the same lr at every step", "param_schedulers (fvcore CompositeParamScheduler)", "",
+         vissl_warmup_matches),
+        ("when the lr changes", "every step", "update_interval: step", "param_schedulers.lr.update_interval", ""),
+        ("steps per epoch", "312 (every batch full)", "DROP_LAST True: 20019 images a GPU, 312 full batches of 64",
+         "DATA.TRAIN.DROP_LAST; vissl/data/__init__.py:319", "", per_epoch_is(312)),
+        ("data order", "a new permutation every epoch", "DistributedSampler.set_epoch(phase_idx)",
+         f"{s}hooks/state_update_hooks.py:104", ""),
+        ("reported epoch", "the last (epoch 100)", "model_final_checkpoint_phase99", "MODEL_ZOO.md, SimCLR", ""),
+        ("operation order", "crop, flip, colour jitter (ops in a random order), grayscale, blur, normalise",
+         "RandomResizedCrop, flip, ImgPilColorDistortion (jitter, grayscale), ImgPilGaussianBlur, ToTensor, Normalize",
+         "DATA.TRAIN.TRANSFORMS", ""),
+    ]
+    if multicrop:
+        rows.append(("loss", "every pair of an image's crops a positive; negatives: every crop of every other image "
+                     "on every GPU", "multicrop_simclr_info_nce_loss: the same pairs, negatives only the crops of the "
+                     "other images on the same GPU (neg_mask zero for other ranks)",
+                     f"{s}losses/multicrop_simclr_info_nce_loss.py:78-100",
+                     "global negatives here: the same run on any number of GPUs"))
+    else:
+        rows.append(("loss", "NT-Xent: 2 crops, negatives every crop of every other image on every GPU",
+                     "simclr_info_nce_loss: the same masks", f"{s}losses/simclr_info_nce_loss.py:93-114", ""))
+    return rows
+
+
+def simclr_pytorch_code():
+    return [
+        ("initialisation", "torchvision's (kaiming_normal fan_out convolutions, PyTorch's Linear default)",
+         "torchvision's: reset_parameters() runs before the encoder is attached (self.model), so it reaches no layer",
+         "models/ssl.py:144-145", ""),
+        ("head", "Linear without bias, BatchNorm, ReLU, Linear without bias, scale-only BatchNorm",
+         "fc1 (bias False), bn1, relu1, fc2 (bias False), BatchNorm1dNoBias", "models/encoder.py", "",
+         no_bias_before_batchnorm),
+        ("blur", "after the colour distortion on [0, 1] pixels, 23 px kernel at 224 px, zero border",
+         "GaussianBlur(224 // 10) after ToTensor: radius 11, a 23 px kernel, Conv2d zero padding",
+         "models/ssl.py:265; utils/datautils.py:43-59", ""),
+        ("when the lr changes", "every step", "scheduler.step() after every optimiser step", "train.py:220", ""),
+        ("data order", "a new permutation every epoch", "DistributedSampler without set_epoch: train.py never calls "
+         "it, so every epoch repeats the first epoch's order under DDP", "models/ssl.py:216; train.py",
+         "a new order every epoch here"),
+        ("reported epoch", "the last step", "the final checkpoint.pth.tar", "train.py:228", ""),
+    ]
+
+
+def swav_code(per_epoch, script, dcv2=False):
+    rows = [
+        ("stem padding", "conv1 pads 3 px of zeros", "ConstantPad2d(1) then conv1 with padding 2: the same zeros",
+         "src/resnet50.py:157, 176", "", lambda args: ResNet("resnet50").conv1.padding == (3, 3)),
+        ("initialisation", "kaiming_normal fan_out convolutions, BatchNorm 1 and 0, no zero-init residual",
+         "the same", "src/resnet50.py:219-232", ""),
+        ("head", "Linear without bias, BatchNorm, ReLU, Linear", "Linear(2048, 2048) with a bias, BatchNorm1d, ReLU, "
+         "Linear", "src/resnet50.py:206", "no bias before the BatchNorm here: it cancels any constant, the outputs are "
+         "the same", no_bias_before_batchnorm),
+        ("when the lr changes", "every step", "lr_schedule[iteration] set before every step",
+         "main_swav.py:275" if not dcv2 else "main_deepclusterv2.py:263", ""),
+        ("steps per epoch", f"{per_epoch} (every batch full)", f"drop_last=True: {per_epoch} full batches",
+         "main_swav.py:145" if not dcv2 else "main_deepclusterv2.py:137", "", per_epoch_is(per_epoch)),
+        ("data order", "a new permutation every epoch", "train_loader.sampler.set_epoch(epoch)",
+         "main_swav.py:223" if not dcv2 else "main_deepclusterv2.py:210", ""),
+        ("reported epoch", "the last", f"the README's checkpoint of {script}: the last epoch's", "README.md", ""),
+        ("operation order", "crop, flip, colour jitter (ops in a random order), grayscale, blur, normalise",
+         "RandomResizedCrop, RandomHorizontalFlip, get_color_distortion, PILRandomGaussianBlur, ToTensor, Normalize",
+         "src/multicropdataset.py:42-52", ""),
+        ("blur kernel", "10% of the crop's side (9 px at 96 px: cut at 2 sigma for sigma 2)",
+         "PIL's box approximation of the Gaussian, about 3 sigma wide at any crop size", "src/multicropdataset.py:82",
+         BLUR_PIL),
+    ]
+    if dcv2:
+        rows += [
+            ("memory bank", "one pass of the initial network (training mode) over epoch 0's crops, then each "
+             "step's embeddings", "init_memory, then local_memory_embeddings written after each step",
+             "main_deepclusterv2.py:317-342, 289-292", ""),
+            ("k-means", "start: K rows of rank 0's bank; 10 rounds; head h clusters bank h mod 2; an empty cluster "
+             "keeps its centroid", "the same", "main_deepclusterv2.py:345-411", ""),
+            ("prototypes", "the centroids, never trained", "freeze_prototypes_niters default 1e10",
+             "main_deepclusterv2.py:76", ""),
+            ("images in no bank", "left out of the loss (ignore_index -100)", "the same", "main_deepclusterv2.py:249", ""),
+        ]
+    else:
+        rows += [
+            ("prototypes", "normalised before every step; no update for freeze_prototypes_niters steps",
+             "the same (their gradients set to None)", "main_swav.py:279-281, 325-328", ""),
+            ("queue", "joins Sinkhorn once full; this step's embeddings enter it after the codes are computed",
+             "the same", "main_swav.py:295-304", ""),
+        ]
+    return rows
+
+
+def npid_code(gpus, per_gpu):
+    steps = math.ceil(math.ceil(IMAGENET / gpus) / per_gpu)
+    return [
+        ("bank before training", f"the mean of {gpus} unit-row banks (rows of norm about {gpus ** -0.5:.2f})",
+         f"each of {gpus} GPUs draws its bank (torch.rand, normalised); all_reduce_mean at the first forward",
+         "vissl/losses/nce_loss.py:313-320, 183", ""),
+        ("NCE's Z", "N x the mean of exp(s / T) over the first batch's B x (K + 1) scores, every rank's; then fixed",
+         "compute_partition_function: the same", "vissl/losses/nce_loss.py:262, 274-285", ""),
+        ("memory update", "normalize(m M[y] + (1 - m) v), every rank's rows, with the scores taken before it",
+         "update_memory: the same, in the forward after the scores", "vissl/losses/nce_loss.py:331-352", ""),
+        ("head init", "PyTorch's Linear default", "PyTorch's Linear default", "vissl/models/heads/mlp.py:89", ""),
+        ("steps per epoch", f"{steps - 1} full batches of {gpus * per_gpu}",
+         f"DROP_LAST False: {steps}, the last with {math.ceil(IMAGENET / gpus) - (steps - 1) * per_gpu} images a GPU",
+         "vissl/config/defaults.yaml:249", f"{steps - 1} here: the images left over join no batch that epoch",
+         per_epoch_is(steps - 1)),
+        ("data order", "a new permutation every epoch", "DistributedSampler.set_epoch(phase_idx)",
+         "vissl/hooks/state_update_hooks.py:104", ""),
+        ("reported epoch", "the last", "model_final_checkpoint_phase199 / phase799", "MODEL_ZOO.md, NPID", ""),
+    ]
 
 
 NPID_SRC = "configs/config/pretrain/npid/npid_8gpu_resnet.yaml"
@@ -235,39 +396,44 @@ NPIDPP_SRC = "configs/config/pretrain/npid/npid++_4nodes_resnet.yaml"
 RECIPES = [
     dict(config="configs/imagenet_simclr_bs4096_ep100.yaml", source=f"{VISSL}, {VISSL_SIMCLR}",
          published="64.4% top-1, RN50 100 epochs (VISSL MODEL_ZOO.md)", probe="configs/imagenet_eval_vissl.yaml",
-         rows=simclr_vissl(SIMCLR_VISSL_CROPS)),
+         rows=simclr_vissl(SIMCLR_VISSL_CROPS), code=simclr_vissl_code(multicrop=False)),
     dict(config="configs/imagenet_simclr_bs4096_ep100_2x224_6x96.yaml",
          source=f"{VISSL}, {VISSL_SIMCLR}, with {SWAV} scripts/swav_400ep_pretrain.sh's crops",
-         published="none quoted", probe="configs/imagenet_eval_vissl.yaml", rows=simclr_vissl(MULTI_CROP)),
+         published="none quoted", probe="configs/imagenet_eval_vissl.yaml", rows=simclr_vissl(MULTI_CROP),
+         code=simclr_vissl_code(multicrop=True)),
     dict(config="configs/imagenet_simclr_bs512_ep100.yaml",
          source=f"{SIMCLR_PT}, configs/imagenet_train_epochs100_bs512.yaml", published="60.14% top-1 (README)",
          probe="configs/imagenet_eval_simclr_pytorch.yaml",
-         rows=simclr_pytorch(512, 250200, 0.6, "configs/imagenet_train_epochs100_bs512.yaml")),
+         rows=simclr_pytorch(512, 250200, 0.6, "configs/imagenet_train_epochs100_bs512.yaml"), code=simclr_pytorch_code()),
     dict(config="configs/imagenet_simclr_bs2048_ep200.yaml",
          source=f"{SIMCLR_PT}, configs/imagenet_train_epochs200_bs2k.yaml", published="65.58% top-1 (README)",
          probe="configs/imagenet_eval_simclr_pytorch.yaml",
-         rows=simclr_pytorch(2048, 125100, 2.4, "configs/imagenet_train_epochs200_bs2k.yaml")),
+         rows=simclr_pytorch(2048, 125100, 2.4, "configs/imagenet_train_epochs200_bs2k.yaml"), code=simclr_pytorch_code()),
     dict(config="configs/imagenet_simclr_bs2048_ep600.yaml",
          source=f"{SIMCLR_PT}, configs/imagenet_train_epochs600_bs2k.yaml", published="67.84% top-1 (README)",
          probe="configs/imagenet_eval_simclr_pytorch.yaml",
-         rows=simclr_pytorch(2048, 375300, 2.4, "configs/imagenet_train_epochs600_bs2k.yaml")),
+         rows=simclr_pytorch(2048, 375300, 2.4, "configs/imagenet_train_epochs600_bs2k.yaml"), code=simclr_pytorch_code()),
     dict(config="configs/imagenet_swav_bs4096_ep400.yaml", source=f"{SWAV}, scripts/swav_400ep_pretrain.sh",
-         published="74.6% top-1 (README)", probe="configs/imagenet_eval.yaml", rows=SWAV_400),
+         published="74.6% top-1 (README)", probe="configs/imagenet_eval.yaml", rows=SWAV_400,
+         code=swav_code(312, "swav_400ep_pretrain.sh")),
     dict(config="configs/imagenet_swav_bs256_ep200_queue.yaml", source=f"{SWAV}, scripts/swav_200ep_bs256_pretrain.sh",
-         published="72.7% top-1 (README)", probe="configs/imagenet_eval.yaml", rows=SWAV_256),
+         published="72.7% top-1 (README)", probe="configs/imagenet_eval.yaml", rows=SWAV_256,
+         code=swav_code(5004, "swav_200ep_bs256_pretrain.sh")),
     dict(config="configs/imagenet_dcv2_2x224.yaml", source=f"{SWAV}, scripts/deepclusterv2_400ep_2x224_pretrain.sh",
          published="70.2% top-1 (README)", probe="configs/imagenet_eval.yaml",
          rows=dcv2("deepclusterv2_400ep_2x224_pretrain.sh", [
              ("num_crops", [2], "--nmb_crops 2", "scripts/deepclusterv2_400ep_2x224_pretrain.sh", ""),
              ("size_crops", [224], "--size_crops 224", "scripts/deepclusterv2_400ep_2x224_pretrain.sh", ""),
-             ("min_scale_crops", [0.08], "--min_scale_crops 0.08", "scripts/deepclusterv2_400ep_2x224_pretrain.sh", "")])),
+             ("min_scale_crops", [0.08], "--min_scale_crops 0.08", "scripts/deepclusterv2_400ep_2x224_pretrain.sh", "")]),
+         code=swav_code(312, "deepclusterv2_400ep_2x224_pretrain.sh", dcv2=True)),
     dict(config="configs/imagenet_dcv2_2x160_4x96.yaml", source=f"{SWAV}, scripts/deepclusterv2_400ep_pretrain.sh",
          published="74.3% top-1 (README)", probe="configs/imagenet_eval.yaml",
          rows=dcv2("deepclusterv2_400ep_pretrain.sh", [
              ("num_crops", [2, 4], "--nmb_crops 2 4", "scripts/deepclusterv2_400ep_pretrain.sh", ""),
              ("size_crops", [160, 96], "--size_crops 160 96", "scripts/deepclusterv2_400ep_pretrain.sh", ""),
              ("min_scale_crops", [0.08, 0.05], "--min_scale_crops 0.08 0.05", "scripts/deepclusterv2_400ep_pretrain.sh", ""),
-             ("max_scale_crops", [1.0, 0.14], "--max_scale_crops 1. 0.14", "scripts/deepclusterv2_400ep_pretrain.sh", "")])),
+             ("max_scale_crops", [1.0, 0.14], "--max_scale_crops 1. 0.14", "scripts/deepclusterv2_400ep_pretrain.sh", "")]),
+         code=swav_code(312, "deepclusterv2_400ep_pretrain.sh", dcv2=True)),
     dict(config="configs/imagenet_npid.yaml", source=f"{VISSL}, {NPID_SRC}", published="52.73% top-1 (VISSL MODEL_ZOO.md)",
          probe="configs/imagenet_eval_vissl.yaml", rows=npid_vissl(NPID_SRC, [
              ("batch_size", 256, "32 x 8", "DATA.TRAIN.BATCHSIZE_PER_REPLICA, NUM_PROC_PER_NODE", ""),
@@ -275,7 +441,9 @@ RECIPES = [
              ("peak lr", 0.03, "0.03 x 256 / 256", "param_schedulers.lr", ""),
              ("lr_schedule", "multistep", "multistep [0.03, 0.003, 0.0003]", "param_schedulers.lr", ""),
              ("lr_steps", [120, 160], "milestones [120, 160]", "param_schedulers.lr.milestones", ""),
-             ("num_negatives", 4096, "4096", "negative_sampling_params.num_negatives", "")])),
+             ("num_negatives", 4096, "4096", "negative_sampling_params.num_negatives", ""),
+             ("memory_init_mean_of", 8, "each of the 8 GPUs draws a bank; all_reduce_mean before the first step",
+              "vissl/losses/nce_loss.py:183", "")]), code=npid_code(8, 32)),
     dict(config="configs/imagenet_npid++.yaml", source=f"{VISSL}, {NPIDPP_SRC}", published="56.68% top-1 (VISSL MODEL_ZOO.md)",
          probe="configs/imagenet_eval_vissl.yaml", rows=npid_vissl(NPIDPP_SRC, [
              ("batch_size", 1024, "32 x 8 x 4", "DATA.TRAIN.BATCHSIZE_PER_REPLICA, DISTRIBUTED", ""),
@@ -284,7 +452,90 @@ RECIPES = [
              ("final lr", 0.00012, "0.00012", "param_schedulers.lr.end_value", ""),
              ("lr_schedule", "cosine", "cosine", "param_schedulers.lr.name", ""),
              ("lr_interval", "epoch", "update_interval: epoch", "param_schedulers.lr.update_interval", ""),
-             ("num_negatives", 32000, "32000", "negative_sampling_params.num_negatives", "")])),
+             ("num_negatives", 32000, "32000", "negative_sampling_params.num_negatives", ""),
+             ("memory_init_mean_of", 32, "each of the 32 GPUs draws a bank; all_reduce_mean before the first step",
+              "vissl/losses/nce_loss.py:183", "")]), code=npid_code(32, 32)),
+]
+
+
+SWAV_EVAL = "eval_linear.py"
+VISSL_EVAL = "configs/config/benchmark/linear_image_classification/imagenet1k/eval_resnet_8gpu_transfer_in1k_linear.yaml"
+SIMCLR_PT_EVAL = "configs/imagenet_eval.yaml"
+PROBES = [
+    dict(config="configs/imagenet_eval.yaml", source=f"{SWAV}, {SWAV_EVAL}",
+         published="the swav and DeepCluster-v2 figures of the swav README (75.3% for swav_800ep_pretrain.pth.tar)",
+         rows=[
+             ("batch_size", 256, "--batch_size 32 on 8 GPUs", "README.md, eval_linear.py", ""),
+             ("epochs", 100, "--epochs 100", f"{SWAV_EVAL}:62", ""),
+             ("peak lr", 0.3, "--lr 0.3", f"{SWAV_EVAL}:66", ""),
+             ("final lr", 0.0, "--final_lr 0", f"{SWAV_EVAL}:75", ""),
+             ("lr_schedule", "cosine", "CosineAnnealingLR(T_max=epochs)", f"{SWAV_EVAL}:184", ""),
+             ("lr_interval", "epoch", "scheduler.step() once an epoch", f"{SWAV_EVAL}:213", ""),
+             ("weight_decay", 1e-6, "--wd 1e-6 on the weight and the bias", f"{SWAV_EVAL}:67, 175", ""),
+             ("exclude_bias_and_norm", False, "SGD(linear_classifier.parameters(), weight_decay=wd)", f"{SWAV_EVAL}:170", ""),
+             ("nesterov", False, "--nesterov False", f"{SWAV_EVAL}:68", ""),
+             ("linear_bn", False, "--use_bn False; global pooling: no BatchNorm", f"{SWAV_EVAL}:56, 235-249", ""),
+             ("precompute_features", False, "RandomResizedCrop(224) + flip every epoch", f"{SWAV_EVAL}:106-111", ""),
+             ("min_scale", 0.08, "RandomResizedCrop default scale", f"{SWAV_EVAL}:107", ""),
+         ],
+         code=[
+             ("the encoder", "frozen, in eval mode", "model.eval() before training and each epoch", f"{SWAV_EVAL}:149, 282", ""),
+             ("Linear init", "PyTorch's default", "N(0, 0.01) weight, zero bias", f"{SWAV_EVAL}:250-251",
+              "a convex problem trained 100 epochs: the start hardly matters"),
+             ("test view", "Resize(256) + CenterCrop(224)", "Resize(256), CenterCrop(224)", f"{SWAV_EVAL}:112-117", ""),
+             ("reported epoch", "the last epoch's test top-1", "best_acc: the best of the 100 epochs' validation top-1",
+              f"{SWAV_EVAL}:375-376, 226", "the last epoch here (with the cosine at 0 the two rarely differ)"),
+         ]),
+    dict(config="configs/imagenet_eval_vissl.yaml", source=f"{VISSL}, {VISSL_EVAL}",
+         published="VISSL's model zoo figures (64.4% SimCLR 100 epochs, 52.73% NPID, 56.68% NPID++)",
+         rows=[
+             ("batch_size", 256, "32 x 8", "DATA.TRAIN.BATCHSIZE_PER_REPLICA, NUM_PROC_PER_NODE", ""),
+             ("epochs", 28, "28", "OPTIMIZER.num_epochs", ""),
+             ("peak lr", 0.01, "0.01 x 256 / 256", "param_schedulers.lr.auto_lr_scaling", ""),
+             ("lr_schedule", "multistep", "multistep [0.01, 0.001, 0.0001, 0.00001]", "param_schedulers.lr", ""),
+             ("lr_steps", [8, 16, 24], "milestones [8, 16, 24], update_interval epoch", "param_schedulers.lr", ""),
+             ("nesterov", True, "True", "OPTIMIZER.nesterov", ""),
+             ("weight_decay", 5e-4, "0.0005", "OPTIMIZER.weight_decay", ""),
+             ("exclude_bias_and_norm", False, "regularize_bias True (the Linear's bias decayed)", "OPTIMIZER", ""),
+             ("linear_bn", False, "the mlp head: Linear alone (eval_mlp: BatchNorm then Linear, see below)",
+              "MODEL.HEAD.PARAMS", ""),
+             ("precompute_features", False, "RandomResizedCrop(224) + flip", "DATA.TRAIN.TRANSFORMS", ""),
+         ],
+         code=[
+             ("heads", "one Linear on the pooled 2048 features (--linear_bn true: a non-affine BatchNorm before it)",
+              "seven heads in one run: eval_mlp (BatchNorm2d with its scale and shift, then Linear) on conv1, res2 ... "
+              "res5 and res5avg, and mlp (Linear) on res5avg", VISSL_EVAL + ", MODEL.HEAD.PARAMS",
+              "two runs here for the two res5avg heads; the BatchNorm's scale and shift fold into the Linear"),
+             ("reported figure", "each run's top-1", "the meter logs both res5avg heads under one name "
+              "(meter_names from LINEAR_EVAL_FEAT_POOL_OPS_MAP); the zoo reports the best layer",
+              "vissl/utils/hydra_config.py:705-711", "the zoo's figure is the better of the two runs"),
+             ("Linear init", "PyTorch's default", "PyTorch's default (MLP keeps it, PARAMS_MULTIPLIER 1.0)",
+              "vissl/models/heads/mlp.py:89, 107", ""),
+             ("the trunk", "frozen, in eval mode", "FREEZE_TRUNK_ONLY, EVAL_MODE_ON", "MODEL.FEATURE_EVAL_SETTINGS", ""),
+             ("test view", "Resize(256) + CenterCrop(224)", "Resize 256, CenterCrop 224", "DATA.TEST.TRANSFORMS", ""),
+         ]),
+    dict(config="configs/imagenet_eval_simclr_pytorch.yaml", source=f"{SIMCLR_PT}, {SIMCLR_PT_EVAL}",
+         published="simclr-pytorch's README figures (60.14%, 65.58%, 67.84%)",
+         rows=[
+             ("batch_size", 4096, "4096", f"{SIMCLR_PT_EVAL}: batch_size", ""),
+             ("iters", 28080, "28080", f"{SIMCLR_PT_EVAL}: iters", ""),
+             ("peak lr", 1.6, "1.6", f"{SIMCLR_PT_EVAL}: lr", ""),
+             ("lr_schedule", "linear", "linear to 0", f"{SIMCLR_PT_EVAL}: lr_schedule", ""),
+             ("weight_decay", 0.0, "0.0", f"{SIMCLR_PT_EVAL}: weight_decay", ""),
+             ("interpolation", "bicubic", "PIL.Image.BICUBIC", "models/ssl.py, SSLEval.transforms", ""),
+             ("min_scale", 0.08, "scale_lower 0.08", f"{SIMCLR_PT_EVAL}: scale_lower", ""),
+             ("precompute_features", False, "precompute_emb_bs -1: crops every step", f"{SIMCLR_PT_EVAL}", ""),
+         ],
+         code=[
+             ("the encoder", "frozen, in eval mode", "frozen, but train.py's model.train() reaches it: its BatchNorm "
+              "uses batch statistics while the probe trains, and re-estimates its running ones on the probe's crops",
+              "train.py:161; models/ssl.py:322", "eval mode here: a frozen encoder's statistics stay those it was "
+              "pretrained with"),
+             ("Linear init", "PyTorch's default", "zeros", "models/ssl.py:332-333", "see the header"),
+             ("test view", "Resize(256) + CenterCrop(224), bicubic", "CenterCropAndResize(0.875, 224)",
+              "models/ssl.py, SSLEval.transforms", "see the header"),
+             ("reported epoch", "the last step", "the final test after iters", "train.py:187", ""),
+         ]),
 ]
 
 
@@ -296,13 +547,19 @@ def effective(config):
 
 def render():
     lines = []
-    for r in RECIPES:
+    for r in RECIPES + PROBES:
+        if r is PROBES[0]:
+            lines += ["## The probes the published figures need", ""]
         values = effective(r["config"])
+        probe = f", with the probe `{r['probe']}`" if "probe" in r else ""
         lines += [f"### `{os.path.basename(r['config'])}`", "",
-                  f"Source: {r['source']}. Published: {r['published']}, with the probe `{r['probe']}`.", "",
+                  f"Source: {r['source']}. Published: {r['published']}{probe}.", "",
                   "| flag | here | source | read from | difference |", "|---|---|---|---|---|"]
         for flag, _, theirs, where, note in r["rows"]:
             lines.append(f"| `{flag}` | {values[flag]!r} | {theirs} | {where} | {note} |")
+        lines += ["", "| in the code | here | source | read at | difference |", "|---|---|---|---|---|"]
+        for behaviour, here, theirs, where, note, *pin in r["code"]:
+            lines.append(f"| {behaviour} | {here} | {theirs} | {where} | {note} |")
         lines.append("")
     return "\n".join(lines)
 

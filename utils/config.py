@@ -228,6 +228,10 @@ def add_backbone_args(p, head=True):
     g.add_argument("--regnet_group_width", type=INT1, default=8, help="--arch regnet: group width of the 3x3 convs")
     if not head:
         return
+    compat_group(p).add_argument("--conv_init", default="kaiming_normal", choices=["kaiming_normal", "default"],
+                                 help="the backbone's convolutions at the start: kaiming_normal (fan_out, torchvision's "
+                                      "ResNet init) or default (each layer's own PyTorch init, uniform with bound "
+                                      "1/sqrt(fan_in): VISSL's trunk, whose layers are rebuilt after torchvision's init)")
     g.add_argument("--head_hidden_dims", type=Range(int, ge=1, also=(-1,)), nargs="*", default=[-1],
                    help="hidden widths of the MLP head; -1 = backbone feature width")
     g.add_argument("--embedding_dim", type=INT1, default=128, help="output width of the head")
@@ -268,6 +272,9 @@ def add_augment_args(p):
                    help="probability of Gaussian blur (default: 0.5, or 0 for images of 32 px or less)")
     g.add_argument("--blur_sigma", type=POSITIVE, nargs=2, default=[0.1, 2.0], metavar=("LO", "HI"),
                    help="the blur's sigma in px, uniform in [LO, HI] (a kernel of 10%% of the crop's side)")
+    compat_group(p).add_argument("--blur_padding", default="reflect", choices=["reflect", "replicate", "zeros"],
+                                 help="how the blur fills the border: reflect (torchvision's), replicate (PIL's, in the "
+                                      "swav and VISSL loaders) or zeros (simclr-pytorch's)")
     g.add_argument("--solarize_prob", type=PROBABILITY, default=0.0, help="probability of solarization")
 
 
