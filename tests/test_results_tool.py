@@ -63,6 +63,8 @@ def test_every_method_gets_its_rows_curves_and_saved_steps(everything):
         assert pre["minutes"] > 0 and pre["img_per_s"] > 0
         knn = pre["curves"]["knn"]
         assert len(knn) == 2 and [t for t, _ in knn] == sorted(t for t, _ in knn) and len(pre["curves"]["loss"]) == 2
+        assert len(pre["curves"]["rankme_head"]) == len(pre["curves"]["loss"]) and pre["curves"]["online_acc"]
+        assert bool(pre["curves"]["loss_minus_lnk"]) == (r.method in ("swav", "dcv2"))  # the prototype methods'
     assert "pretraining" not in ran[5].steps and ran[4].steps["pretraining"]["minutes"] == 0
     png = (tmp_path / "fig.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000

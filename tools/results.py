@@ -69,13 +69,17 @@ def train_batch_size(folder):
         return yaml.safe_load(f)["batch_size"]
 
 
+CURVES = {"knn": "knn_acc1", "loss": "train_loss", "online_acc": "online_acc", "rankme_head": "rankme_head",
+          "loss_minus_lnk": "loss_minus_lnk"}  # saved curve -> logs.csv column (the last three: collapse monitors)
+
+
 def curves(folder):
-    """The kNN and loss curves of a pretraining run as {"knn": [[minutes, %], ...], "loss": [[minutes, loss], ...]},
-    the time counting optimiser steps only (the kNN monitor excluded)."""
+    """The curves of a pretraining run, {"knn": [[minutes, %], ...], "loss": [[minutes, loss], ...], and the collapse
+    monitors its logs.csv has}, the time counting optimiser steps only (the kNN monitor excluded)."""
     rows = pd.read_csv(os.path.join(folder, "logs.csv"))
     minutes, _ = step_minutes(rows, train_batch_size(folder))
     out = {}
-    for key, column in (("knn", "knn_acc1"), ("loss", "train_loss")):
+    for key, column in CURVES.items():
         values = rows[column] if column in rows else pd.Series(float("nan"), index=rows.index)
         out[key] = [[float(t), float(v)] for t, v in zip(minutes[values.notna()], values[values.notna()])]
     return out
@@ -254,11 +258,18 @@ def replace_table(path, text):
     return True
 
 
+MONITOR_PANELS = [("online_acc", "online probe, training top-1 (%)"), ("rankme_head", "embeddings' effective rank"),
+                  ("loss_minus_lnk", "loss - ln K (SwAV, DeepCluster-v2; 0: uniform)")]
+
+
 def plot(rows, fractions, path):
-    """kNN monitor curves (every seed), losses, and every seed's figure of each column with the mean."""
-    fig, (ax_knn, ax_loss, ax_spread) = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw=dict(width_ratios=[1, 1, 1.4]))
+    """kNN monitor curves (every seed), losses, every seed's figure of each column with the mean, and below, each
+    seed's collapse monitors (seeds saved before the monitors existed have none)."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.4), gridspec_kw=dict(width_ratios=[1, 1, 1.4]))
+    (ax_knn, ax_loss, ax_spread), monitor_axes = axes
     cols = [c[0] for c in columns(fractions)]
     width = 0.8 / len(rows)
+    labelled = set()  # (monitor panel, method) pairs already in a legend
     for i, (method, values, steps) in enumerate(rows):
         color = f"C{i}"
         for j, s in enumerate(steps):
@@ -267,6 +278,12 @@ def plot(rows, fractions, path):
                 label = METHODS[method] if j == 0 else None
                 ax_knn.plot(*zip(*pre["curves"]["knn"]), marker="o", ms=3, color=color, label=label, lw=1)
                 ax_loss.plot(*zip(*pre["curves"]["loss"]), color=color, label=label, lw=1)
+                for ax, (key, _) in zip(monitor_axes, MONITOR_PANELS):
+                    if pre["curves"].get(key):  # one line a seed, so an unstable seed stands out
+                        first = (ax, method) not in labelled
+                        labelled.add((ax, method))
+                        ax.plot(*zip(*pre["curves"][key]), color=color, lw=1, alpha=0.8,
+                                label=METHODS[method] if first else None)
         if method in ("random", "pixels") and values.get("kNN"):
             mean = sum(values["kNN"]) / len(values["kNN"])
             ax_knn.axhline(mean, ls=":", color=color, lw=1, label=f"{METHODS[method]} ({mean:.1f})")
@@ -282,7 +299,9 @@ def plot(rows, fractions, path):
     ax_spread.set(xticks=range(len(cols)), xticklabels=cols, ylabel="test top-1 (%)",
                   title="every seed (dots) and their mean (bar)")
     ax_spread.tick_params(axis="x", labelsize=8)
-    for ax in (ax_knn, ax_loss, ax_spread):
+    for ax, (_, title) in zip(monitor_axes, MONITOR_PANELS):
+        ax.set(xlabel="pretraining minutes", title=title)
+    for ax in (ax_knn, ax_loss, ax_spread, *monitor_axes):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
