@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from data.augment import Augment
 from data.datasets import balanced_subset, label_subset_lines, read_label_subset
-from models.backbones import build_backbone, spec_problem
 from models import published
+from models.backbones import build_backbone, spec_problem
 from models.base import Problem, load_data
 from models.heads import head_from_args
 from models.knn import bank_knn, eval_mode
@@ -91,13 +91,13 @@ def encoder_arch_args(args, source):
     spec = source.spec
     theirs = dict(arch=spec["arch"], width=spec.get("width"), stem_stride=spec.get("stem_stride"),
                   cifar_stem=spec.get("cifar_stem"), **{f"regnet_{k}": v for k, v in spec.get("regnet", {}).items()})
-    whose = f"{source.layout} file, whose tensors are those of a backbone with" if source.layout else "whose backbone has"
+    whose = f" ({source.layout} layout), whose tensors are those of a backbone with" if source.layout else ", whose backbone has"
     changes = {}
     for key in list(SCRATCH) + ["cifar_stem"]:
         mine, their = getattr(args, key), theirs.get(key)
         if mine is not None and their is not None and mine != their:
             named = f"--encoder_ckpt {args.encoder_ckpt}" if args.encoder_ckpt else f"--ckpt {args.ckpt}"
-            raise UserError(f"--{key} {mine} contradicts {named}, a {whose} {key} {their}: "
+            raise UserError(f"--{key} {mine} contradicts {named}{whose} {key} {their}: "
                             f"leave --{key} unset to use that backbone")
         changes[key] = mine if mine is not None else their if their is not None else SCRATCH.get(key)
     return args.replace(**changes)

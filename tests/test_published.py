@@ -207,7 +207,7 @@ def test_files_that_do_not_fit_are_one_line(tmp_path, capsys):
     torch.save(swav_release(net), tmp_path / "swav.pth.tar")
     base = ["--problem", "eval", "--data", "cifar10", "--data_root", str(tmp_path), "--root", str(tmp_path / "logs")]
     line = refused_line(base + ["--encoder_ckpt", str(tmp_path / "swav.pth.tar"), "--width", "2"], capsys)
-    assert "--width 2.0 contradicts" in line and "swav / DeepCluster-v2 release file" in line and "width 1.0" in line
+    assert "--width 2.0 contradicts" in line and "(the swav / DeepCluster-v2 release layout)" in line and "width 1.0" in line
     line = refused_line(base + ["--encoder_ckpt", str(tmp_path / "swav.pth.tar"), "--arch", "resnet101"], capsys)
     assert "arch resnet50" in line
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("layer3.5.")}  # a block gone
