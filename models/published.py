@@ -1,9 +1,10 @@
 """Backbones from other code bases' files, for `--encoder_ckpt`: the swav and DeepCluster-v2 releases, VISSL's model
 zoo, simclr-pytorch's and solo-learn's checkpoints, and plain torchvision or timm ResNet state dicts.
 
-Each layout is one function from the loaded file to the backbone's tensors under torchvision's ResNet names (the
-names of models/backbones.py's ResNet); what else the file holds (projection heads, prototypes, a classifier, a
-momentum encoder) is left out. The backbone's shape (depth, width, stem) is read from the tensors, and the flags
+Each layout is one function from the loaded file to (the backbone's tensors under torchvision's ResNet names, the
+names of models/backbones.py's ResNet; the flags the source's files imply: its pixel normalisation, its data, and
+`stem_padding` where its stem pads otherwise), or None when the file is not of that layout; what else the file holds
+(projection heads, prototypes, a classifier, a momentum encoder) is left out. The backbone's shape (depth, width, stem) is read from the tensors, and the flags
 that name it are checked against it."""
 import re
 import types
@@ -82,7 +83,7 @@ def solo_learn(ckpt):
     for prefix in ("backbone.", "encoder."):
         if f"{prefix}conv1.weight" in state:
             weights = strip(state, prefix)
-            return weights, dict(stem_padding=2) if weights["conv1.weight"].shape[-1] == 3 else {}
+            return weights, (dict(stem_padding=2) if weights["conv1.weight"].shape[-1] == 3 else {})
 
 
 def torchvision_resnet(ckpt):
@@ -125,8 +126,9 @@ def infer_spec(weights):
 
 
 def convert(ckpt):
-    """(layout name, backbone spec, backbone tensors, saved flags) of a file of another code base, or None when no
-    layout matches; a matched file whose tensors fit no ResNet this repo builds gives (layout, None, reason, {})."""
+    """A file of another code base as `layout` (its name), `spec` (models/backbones.py's), `weights` (the backbone's
+    state dict) and `args` (the flags it implies); None when no layout matches. A matched file whose tensors fit no
+    ResNet this repo builds has spec None and the reason in `problem`."""
     if not isinstance(ckpt, dict):
         return None
     for name, layout in LAYOUTS.items():
@@ -137,7 +139,7 @@ def convert(ckpt):
             spec, why = infer_spec(weights)
             if spec is None:
                 return types.SimpleNamespace(layout=name, spec=None, weights=None, args={}, problem=why)
-            padding = {k: saved.pop(k) for k in ["stem_padding"] if k in saved}
-            return types.SimpleNamespace(layout=name, spec=dict(spec, **padding), weights=weights, args=saved,
+            stem = {k: saved.pop(k) for k in ["stem_padding"] if k in saved}  # the backbone's, not a flag
+            return types.SimpleNamespace(layout=name, spec=dict(spec, **stem), weights=weights, args=saved,
                                          problem=None)
     return None
