@@ -1,6 +1,7 @@
 """tools/results.py on a tiny budget: every method and seed pretrains, is probed and fine-tuned on all and on a
 fraction of the labels, the tables (mean ± std over the seeds) and the figure are written, and a re-run does only
 what is missing or stale."""
+import argparse
 import json
 
 import pytest
@@ -144,3 +145,30 @@ def test_an_interrupted_probe_keeps_the_pretraining_and_changed_flags_redo_it(tm
     assert changed[0].steps["pretraining"]["folder"] != saved["pretraining"]["folder"]
     runs = [f for f in (tmp_path / "logs" / "runs").iterdir() if f.name.endswith("results_random_seed0")]
     assert len(runs) == 2
+
+
+def test_a_config_comment_leaves_saved_steps_current_and_a_value_does_not(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "fmnist_swav.yaml"
+    for name in [results.PROBE, *results.FINETUNE.values()]:
+        (tmp_path / name).write_text("lr: 0.1\n")
+    monkeypatch.setattr(results, "ROOT", str(tmp_path))
+    args = argparse.Namespace(pretrain_flags=[], probe_flags=[], finetune_flags=[], fractions=[0.1],
+                                      eval_every=400)
+
+    def keys(text):
+        config.write_text(text)
+        return results.keys("swav", 0, args)
+
+    before = keys("# 13 trials\nnum_prototypes: [1000]\n")
+    comment, value = keys("# 17 trials\nnum_prototypes: [1000]\n"), keys("# 13 trials\nnum_prototypes: [300]\n")
+    assert set(before) == {"pretraining", "probe", "probe 0.1", "finetune 0.1"}
+    for name in before:
+        assert comment[name][0] == before[name][0] and comment[name][1] != before[name][1]
+        assert value[name][0] != before[name][0] and value[name][1] != before[name][1]
+    # a step saved under the whole text's fingerprint (before comments were left out) stands
+    saved = tmp_path / "saved" / "swav_seed0.json"
+    saved.parent.mkdir()
+    saved.write_text(json.dumps({"probe": dict(linear=80.0, fingerprint=before["probe"][1])}))
+    r = results.Result("swav", 0, argparse.Namespace(results=str(tmp_path / "saved")))
+    assert r.current("probe", before["probe"])["linear"] == 80.0 and r.current("probe", value["probe"]) is None

@@ -1,14 +1,15 @@
 """Fashion-MNIST results of every method over seeds: python -m tools.results [--methods ...] [--seeds 0 1 2].
 
-For each method and seed: pretrain its `configs/fmnist_<method>.yaml` (under bf16 autocast on CPUs with native
-bf16, as the demo does) with the kNN monitor every --eval_every steps; probe the backbone with
-`configs/fmnist_eval.yaml` on all the labels and on each --fractions of them; fine-tune it on each fraction with
-`configs/fmnist_finetune_<1|10>pct.yaml` (bf16 too). `random` is the SimCLR config with no steps (its fine-tuning is training from
-scratch) and `pixels` probes the raw images. Every finished step is saved in <results>/<method>_seed<S>.json with
-a fingerprint of its configs and flags, so a re-run skips it (unless they changed) and an interrupted pretraining
-continues from its last checkpoint. At the end the tables (mean ± std over the seeds of the methods run and of the
-others' finished, current results) replace the ones between the markers of docs/results.md and README.md, and a
-figure of the kNN curves and of every seed's figures goes to docs/results_fmnist.png.
+For each method and seed: pretrain its `configs/fmnist_<method>.yaml` (under bf16 autocast on CPUs with native bf16,
+as the demo does) with the kNN monitor every --eval_every steps; probe the backbone with `configs/fmnist_eval.yaml`
+on all the labels and on each --fractions of them; fine-tune it on each fraction with
+`configs/fmnist_finetune_<1|10>pct.yaml` (bf16 too). `random` is the SimCLR config with no steps (its fine-tuning is
+training from scratch) and `pixels` probes the raw images. Every finished step is saved in
+<results>/<method>_seed<S>.json with a fingerprint of its configs' values (not their comments) and flags, so a
+re-run skips it (unless they changed) and an interrupted pretraining continues from its last checkpoint. At the end
+the tables (mean ± std over the seeds of the methods run and of the others' finished, current results) replace the
+ones between the markers of docs/results.md and README.md, and a figure of the kNN curves and of every seed's
+figures goes to docs/results_fmnist.png.
 """
 import argparse
 import datetime
@@ -57,6 +58,11 @@ def config_text(path):
     return read(os.path.join(ROOT, path)) if path else ""
 
 
+def config_values(path):
+    """A config's keys and values, without its comments: editing a header leaves the saved steps current."""
+    return json.dumps(yaml.safe_load(config_text(path)), sort_keys=True) if path else ""
+
+
 def step_minutes(rows, batch_size):
     """(cumulative minutes of optimiser steps, steps) at each logs.csv row; rows without a rate add nothing."""
     rate = rows["img_per_s"] if "img_per_s" in rows else pd.Series(float("nan"), index=rows.index)
@@ -103,11 +109,12 @@ class Result:
         self.ran = 0
 
     def step(self, name, key, make):
-        """The values of step `name`: saved ones when made from `key`, else make() run and saved."""
+        """The values of step `name`: saved ones when made from `key` (its fingerprints, the first the one a new
+        step saves), else make() run and saved."""
         saved = self.current(name, key)
         if saved:
             return saved
-        values = dict(make(), fingerprint=key, commit=commit(), date=str(datetime.date.today()),
+        values = dict(make(), fingerprint=key[0], commit=commit(), date=str(datetime.date.today()),
                       device=machine(dist.pick_device(self.args.device)))
         self.steps[name] = values
         self.ran += 1
@@ -116,19 +123,26 @@ class Result:
 
     def current(self, name, key):
         saved = self.steps.get(name)
-        return saved if saved and saved.get("fingerprint") == key else None
+        return saved if saved and saved.get("fingerprint") in key else None
 
 
 def keys(method, seed, args):
-    """The fingerprint of every step of `method` and `seed`: {step name: key}. The precision is not in it: like the
-    device, it is the machine's (bf16 where native), and each step records its own."""
-    pre = fingerprint(config_text(config_of(method)), args.pretrain_flags, seed, args.eval_every)
+    """The fingerprints of every step of `method` and `seed`: {step name: (of the configs' values, of their whole
+    texts)}. Steps are saved under the first; the second, which comments changed too, is how steps were saved until
+    2026-12-06, and still stands. The precision is in neither: like the device, it is the machine's (bf16 where
+    native), and each step records its own."""
+    values, texts = _keys(method, seed, args, config_values), _keys(method, seed, args, config_text)
+    return {name: (values[name], texts[name]) for name in values}
+
+
+def _keys(method, seed, args, text):
+    pre = fingerprint(text(config_of(method)), args.pretrain_flags, seed, args.eval_every)
     out = {} if method == "pixels" else {"pretraining": pre}
-    out["probe"] = fingerprint(pre, config_text(PROBE), args.probe_flags, seed)
+    out["probe"] = fingerprint(pre, text(PROBE), args.probe_flags, seed)
     for f in args.fractions:
-        out[f"probe {f:g}"] = fingerprint(pre, config_text(PROBE), args.probe_flags, seed, f)
+        out[f"probe {f:g}"] = fingerprint(pre, text(PROBE), args.probe_flags, seed, f)
         if method != "pixels":
-            out[f"finetune {f:g}"] = fingerprint(pre, config_text(FINETUNE[f]), args.finetune_flags, seed, f)
+            out[f"finetune {f:g}"] = fingerprint(pre, text(FINETUNE[f]), args.finetune_flags, seed, f)
     return out
 
 
