@@ -153,8 +153,7 @@ def test_a_config_comment_leaves_saved_steps_current_and_a_value_does_not(tmp_pa
     for name in [results.PROBE, *results.FINETUNE.values()]:
         (tmp_path / name).write_text("lr: 0.1\n")
     monkeypatch.setattr(results, "ROOT", str(tmp_path))
-    args = argparse.Namespace(pretrain_flags=[], probe_flags=[], finetune_flags=[], fractions=[0.1],
-                                      eval_every=400)
+    args = argparse.Namespace(pretrain_flags=[], probe_flags=[], finetune_flags=[], fractions=[0.1], eval_every=400)
 
     def keys(text):
         config.write_text(text)
