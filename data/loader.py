@@ -12,9 +12,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
-from torchcodec.decoders import decode_jpeg
 
 from data.augment import ASPECT, cut_crops, sample_boxes
 from data.datasets import ArrayData, FolderData
@@ -26,6 +24,12 @@ from utils.errors import UserError
 UNREADABLE = (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError)
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}  # PIL's filters, antialiased when downsampling
 STAND_IN_TRIES = 64
+
+
+def decode_jpeg(*args, **kw):
+    """TorchCodec's decode_jpeg, imported when first needed: in-memory datasets never load it."""
+    from torchcodec.decoders import decode_jpeg
+    return decode_jpeg(*args, **kw)
 
 
 def why_unreadable(path):
@@ -222,11 +226,12 @@ def decode_and_crop(files, boxes, crops, device):
         batch[j, :, :img.shape[1], :img.shape[2]] = img
     boxes = boxes.to(device=device, dtype=torch.float32)
     corners = torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], -1)  # (n, crops, 4): x0, y0, x1, y1
+    from torchvision.ops import roi_align  # imported here: it costs every other run a second
     out = [None] * len(crops)
     for size in sorted({size for size, _ in crops}):
         which = [c for c, (s, _) in enumerate(crops) if s == size]
         rois = [corners[j, which] for j in range(len(images))]
-        cut = torchvision.ops.roi_align(batch, rois, output_size=size, aligned=True)  # (n * len(which), 3, s, s)
+        cut = roi_align(batch, rois, output_size=size, aligned=True)  # (n * len(which), 3, s, s)
         cut = cut.round_().clamp_(0, 255).to(torch.uint8).view(len(images), len(which), 3, size, size)
         for k, c in enumerate(which):
             out[c] = cut[:, k].contiguous(memory_format=torch.channels_last)

@@ -1,9 +1,52 @@
 """Backbones without a classifier: an image batch in, pooled features (n, feat_dim) out."""
 import torch
 import torch.nn as nn
-import torchvision
-from torchvision.models.regnet import BlockParams, RegNet
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34's block, as torchvision builds it (its parameter names, its layers created in its order):
+    two 3x3 convs, the first of stride `stride`, and the shortcut `downsample` (or the identity)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50/101/152's block, as torchvision builds it: 1x1 down to `planes`, 3x3 of stride `stride`, 1x1 up to
+    4 x planes, and the shortcut."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
 
 RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
            "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3]),
@@ -70,6 +113,8 @@ class RegNetBackbone(nn.Module):
 
     def __init__(self, arch, in_channels=3, cifar_stem=False, regnet=None):
         super().__init__()
+        import torchvision  # here, not at the top: importing it costs every run a second
+        from torchvision.models.regnet import BlockParams, RegNet
         if arch == "regnet":
             net = RegNet(BlockParams.from_init_params(se_ratio=0.25, **regnet))
         else:

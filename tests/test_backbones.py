@@ -41,3 +41,18 @@ def test_every_problem_trains_and_probes_a_custom_regnet(tmp_path, problem):
                            "--knn_k", "20", "--root", str(tmp_path), "--test_subset", "1000"])
     # the probe rebuilt the backbone from its exported spec and weights: the same features, the same kNN
     assert probe["knn_acc1"] == metrics["knn_acc1"] and probe["knn_acc5"] == metrics["knn_acc5"]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_resnets_compute_torchvisions_features_from_the_same_weights(arch):
+    """The repo's own blocks keep torchvision's names and operations: its weights load and give its features."""
+    from models.backbones import ResNet
+    theirs = getattr(torchvision.models, arch)().eval()
+    ours = ResNet(arch).eval()
+    ours.load_state_dict({k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")})
+    theirs.to(memory_format=torch.channels_last)  # as ours runs: the same convolution kernels
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.flatten(theirs.avgpool(theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(
+            theirs.maxpool(theirs.relu(theirs.bn1(theirs.conv1(x))))))))), 1)
+        assert torch.equal(ours(x), expected)

@@ -2,6 +2,8 @@
 import ast
 import os
 import re
+import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -64,3 +66,12 @@ def test_readme_is_short_and_every_path_it_names_exists():
                                            "unreadable", "label_subset", "done"))]
     assert missing == []
     assert "configs/" in text and not re.search(r"\.\./shared|METHODS\.md", text)
+
+
+def test_importing_train_loads_no_heavy_library():
+    """Every run and every spawned rank imports train.py: torchvision (its ops import torch._dynamo and sympy),
+    TorchCodec, pandas and exman are imported only by the code paths that use them."""
+    code = "import sys, train; print(' '.join(m for m in ('torchvision', 'torchcodec', 'pandas', 'exman', 'sympy') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == []

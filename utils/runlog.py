@@ -1,29 +1,31 @@
 """exman run folders: params.yaml, log.txt, logs.csv. Only the main process ever calls these."""
+import csv
 import datetime
 import errno
 import fcntl
+import io
+import math
 import os
 import pathlib
 import socket
 import sys
 import time
 
-import pandas as pd
 import yaml
-
-# exman imports GitPython, which refuses to import where no git program is installed; no git feature is used here
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-from exman.parser import ExmanDirectory, PARAMS_FILE, TIME_FORMAT  # noqa: E402  (after the variable)
 
 from utils import checkpoint
 from utils.checkpoint import write_atomic
 from utils.errors import UserError
 
 LOGS_CSV = "logs.csv"
+PARAMS_FILE = "params.yaml"  # exman's name for a run's flags (exman.parser.PARAMS_FILE)
 
 
 def create_run_folder(args):
     """A new numbered folder under <root>/runs (or <root>/tmp), indexed so that exman.Index(root).info() lists it."""
+    # exman imports GitPython, which refuses to import where no git program is installed; no git feature is used here
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    from exman.parser import ExmanDirectory, TIME_FORMAT  # imported here: pandas and git cost a start-up 0.4 s
     try:
         root = ExmanDirectory(os.path.abspath(args.root))
         folder = root.new_directory(tmp=args.tmp, tag=args.name)
@@ -163,19 +165,43 @@ def unfinished_run(root, name, problem=None, lock=None):
     return None
 
 
+def read_rows(path):
+    """The rows of a logs.csv as {column: text}; a torn or garbled file (a row of another length than the header, an
+    unclosed quote, a row without its step) raises ValueError or csv.Error."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, strict=True)
+        header = next(reader, None)
+        if not header or "iter" not in header:
+            raise ValueError("no header with an iter column")
+        rows = []
+        for line in reader:
+            if len(line) != len(header):
+                raise ValueError(f"line {reader.line_num} has {len(line)} fields, the header {len(header)}")
+            float(line[header.index("iter")])
+            rows.append(dict(zip(header, line)))
+    return rows
+
+
+def cell(value):
+    """A logs.csv cell: a number as Python prints it (floats round-trip exactly), NaN as an empty cell."""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(value)
+
+
 class RunLog:
-    """log.txt gets every printed line; logs.csv one row per log interval (columns may appear later)."""
+    """log.txt gets every printed line; logs.csv one row per log interval (columns may appear later, and a row's
+    missing columns are empty cells, as pandas reads and writes them)."""
 
     def __init__(self, folder, resume_step=None):
         self.folder = folder
-        self.rows = []
-        csv = os.path.join(folder, LOGS_CSV)
-        if resume_step is not None and os.path.exists(csv):
+        self.rows = []  # {column: cell text}
+        path = os.path.join(folder, LOGS_CSV)
+        if resume_step is not None and os.path.exists(path):
             try:
-                old = pd.read_csv(csv)
-                self.rows = old[old["iter"] <= resume_step].to_dict("records")
-            except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-                raise UserError(f"{csv} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                self.rows = [row for row in read_rows(path) if float(row["iter"]) <= resume_step]
+            except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
+                raise UserError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
                                 f"move it aside and resume again to start a new one")
 
     def print(self, *parts):
@@ -185,9 +211,15 @@ class RunLog:
             f.write(f"[{datetime.datetime.now():%Y-%m-%d %H:%M:%S}] {line}\n")
 
     def row(self, **values):
-        if self.rows and self.rows[-1]["iter"] == values["iter"]:
+        values = {k: cell(v) for k, v in values.items()}
+        if self.rows and float(self.rows[-1]["iter"]) == float(values["iter"]):
             self.rows[-1].update(values)  # an evaluation at the step of a training row joins it
         else:
             self.rows.append(values)
-        csv = pd.DataFrame(self.rows).to_csv(index=False).encode()
-        write_atomic(os.path.join(self.folder, LOGS_CSV), lambda f: f.write(csv))
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([row.get(k, "") for k in columns] for row in self.rows)
+        text = out.getvalue().encode()
+        write_atomic(os.path.join(self.folder, LOGS_CSV), lambda f: f.write(text))
