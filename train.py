@@ -1,9 +1,9 @@
 """Self-supervised pretraining and evaluation: python train.py --config configs/X.yaml [--flag value ...].
 
-One loop for every problem (`Run.loop`, one step of it `train_step`). A problem class (models/) brings its flags,
-data, model and loss and at most a few hooks (models/base.py states the contract); this file runs it on one
-process or many, logs, checkpoints and resumes; utils/stops.py ends a run early on a signal, a non-finite step
-or a failed write.
+One loop for every problem (`Run.loop`, one step of it `train_step`). A method (models/) brings its flags, model,
+loss and at most a few hooks (models/base.py states the contract); this file builds the run from the flags (its
+data, loaders, evaluation, online probe and files), runs it on one process or many, logs, checkpoints and resumes;
+utils/stops.py ends a run early on a signal or a non-finite step, and a failed write ends it here.
 """
 import os
 import sys
@@ -12,30 +12,39 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.loader import steps_per_epoch, total_steps
+from data.datasets import FeatureData, load_data
+from data.loader import TrainBatches, steps_per_epoch, total_steps, unreadable_list
 from models.dcv2 import DeepClusterV2
-from models.eval import LinearEval
+from models.eval import LinearEval, lbfgs_step, on_validation, take_labelled, through_batch_norm
 from models.finetune import FineTune
-from models.monitors import CollapseWatch
+from models.knn import extract_features, knn_accuracy
+from models.monitors import CollapseWatch, OnlineProbe
 from models.npid import NPID
 from models.simclr import SimCLR
 from models.swav import SwAV
-from utils import checkpoint, dist, runlog, seeds
+from utils import checkpoint, dist, optim, runlog, seeds
 from utils.config import parse_args, run_flags
 from utils.errors import Failure, UserError
 from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
 from utils.stops import StopFlag, Stopped, Stops
 
-PROBLEMS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2, "eval": LinearEval,
-            "finetune": FineTune}
+METHODS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2}  # pretraining
+EVALUATIONS = {"eval": LinearEval, "finetune": FineTune}  # of a trained encoder, on labelled images
+PROBLEMS = {**METHODS, **EVALUATIONS}
+
+
+def on_features(args):
+    """The probe trains on features extracted once (--precompute_features): every rank holds all of them and trains
+    the same probe on the whole batch, without DDP, exactly as one process does."""
+    return args.problem == "eval" and args.precompute_features
 
 
 def check_launch(args):
     """The mistakes of a distributed launch that can be reported once, before any process starts."""
     device = dist.pick_device(args.device)
     procs = dist.total_procs(args)
-    if args.batch_size % procs and not PROBLEMS[args.problem].whole_batch_on_every_rank(args):
+    if args.batch_size % procs and not on_features(args):
         raise UserError(f"--batch_size {args.batch_size} must divide by the number of processes ({procs})")
     if args.decode == "device" and args.interpolation == "bicubic":
         raise UserError("--decode device crops by area averaging (roi_align); --interpolation bicubic needs --decode workers")
@@ -46,21 +55,32 @@ def check_launch(args):
 
 
 def build(args, device):
-    """(problem, optimiser, gradient scaler): the same initial weights on every rank, then per-rank random streams.
-    The problem's `args` are the flags it resolved (an evaluation's data flags come from its encoder)."""
+    """The run's images and model from the flags: an evaluation's flags completed from its encoder and its images
+    narrowed to the labelled ones it uses; the same initial weights on every rank, then per-rank random streams,
+    the optimiser and the gradient scaler. Returns (args, data, model, optimizer, scaler), `args` the flags the
+    model resolved (the run records them)."""
     torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest convolutions
+    encoder = None
+    if args.problem in EVALUATIONS:  # the encoder's data, normalisation and backbone, where the flags leave them unset
+        args, encoder = EVALUATIONS[args.problem].resolve(args)
+    data = load_data(args, pretrain=args.problem in METHODS, device=device)
+    if args.problem in EVALUATIONS:
+        data = take_labelled(args, data)
     torch.manual_seed(seeds.seed_of(args.seed, "weights"))
-    model = PROBLEMS[args.problem].build(args, device).to(device)
+    if args.problem in EVALUATIONS:
+        model = EVALUATIONS[args.problem](args, data.train, device, encoder).to(device)
+    else:
+        model = METHODS[args.problem](args, data.train, device).to(device)
     torch.manual_seed(seeds.seed_of(args.seed, "global", dist.rank()))
-    optimizer = model.make_optimizer()
+    optimizer = optim.build_optimizer(model, model.args, model.lr_scales())
     scaler = torch.amp.GradScaler(device.type, enabled=model.args.amp and model.args.amp_dtype == "fp16")  # fp16 only
-    return model, optimizer, scaler
+    return model.args, data, model, optimizer, scaler
 
 
 def distribute(model, args, device):
     """SyncBatchNorm and DistributedDataParallel around `model`; the model itself alone, or when every rank trains
     on the whole batch."""
-    if dist.world_size() == 1 or model.whole_batch_on_every_rank(args):
+    if dist.world_size() == 1 or on_features(args):
         return model
     if args.sync_bn:
         dist.convert_sync_bn(model, args.sync_bn_group_size, dist.procs_per_node(args))
@@ -81,17 +101,25 @@ def train_step(model, net, optimizer, scaler, batch, step):
 
 
 class Progress:
-    """What a run shows and records of its steps: the progress bar, and every --log_freq steps a logs.csv row of
-    the mean training loss since the last row (over every rank) and the rate. Rows go to `log` (rank 0's RunLog);
-    a failed write raises the OSError, which the run turns into its stop."""
+    """What a run shows and records of its steps: the progress bar (open inside `with progress:`), and every
+    --log_freq steps a logs.csv row of the mean training loss since the last row (over every rank) and the rate.
+    Rows go to `log` (rank 0's RunLog)."""
 
     def __init__(self, args, log, step, total, steps_per_epoch, full_batch, device, uniform_loss=None):
-        self.log, self.steps_per_epoch, self.full_batch = log, steps_per_epoch, full_batch
-        self.uniform_loss = uniform_loss
-        self.bar = tqdm(total=total, initial=step, disable=not dist.is_main() or step >= total, leave=False,
-                        desc=f"{args.problem} ({args.opt})" if full_batch else args.problem,
-                        unit="iter" if full_batch else "it", dynamic_ncols=True)
+        self.args, self.log, self.step, self.total = args, log, step, total
+        self.steps_per_epoch, self.full_batch, self.uniform_loss = steps_per_epoch, full_batch, uniform_loss
+        self.bar = None
         self.loss_sum, self.loss_count, self.images, self.tick = torch.zeros((), device=device), 0, 0, time.time()
+
+    def __enter__(self):
+        args = self.args
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not dist.is_main() or self.step >= self.total,
+                        leave=False, desc=f"{args.problem} ({args.opt})" if self.full_batch else args.problem,
+                        unit="iter" if self.full_batch else "it", dynamic_ncols=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
 
     def count(self, loss, images):
         """After each step: its loss (kept on the device) and its images."""
@@ -127,45 +155,66 @@ class Progress:
 
 
 class Run:
-    """A run in progress, from `step` to `total`: the loop, the schedule, evaluations, checkpoints and the early
-    stops (utils/stops.py); what it shows and logs of its steps is its `progress`."""
+    """A run in progress, from `step` (the steps done) to `total`: the loop, the schedule, evaluations, checkpoints
+    and the early stops (utils/stops.py); what it shows and logs of its steps is its `progress`. A probe's frozen
+    encoder gives its features once, here (`features`): the probe trains on them (--precompute_features) and every
+    evaluation scores them."""
 
-    def __init__(self, args, model, net, optimizer, scaler, probe, folder, log, step, signals):
-        self.args, self.model, self.net, self.optimizer, self.scaler = args, model, net, optimizer, scaler
+    def __init__(self, args, data, model, net, optimizer, scaler, probe, folder, log, step, signals):
+        self.args, self.data, self.model, self.net, self.optimizer, self.scaler = args, data, model, net, optimizer, scaler
         self.probe, self.folder, self.log, self.step = probe, folder, log, step
-        data = model.train_data()
-        self.steps_per_epoch = steps_per_epoch(len(data), args.batch_size)
-        self.total = total_steps(args, len(data))
-        self.done, self.stopped_by, self.lr = step >= self.total, None, 0.0
-        # a full-batch step is one pass over the data: the bar shows iterations and the objective
+        self.features = self.extract() if args.problem == "eval" else None
+        train = data.train
+        if on_features(args):  # every rank gets every training feature
+            (feats, labels), n = self.features[0], len(data.train)
+            train = FeatureData(dist.gather_strided(feats, n), dist.gather_strided(labels, n), data.train.num_classes)
+        self.steps_per_epoch = steps_per_epoch(len(train), args.batch_size)
+        self.total = total_steps(args, len(train))
+        self.trains = not getattr(args, "eval_only", False)  # a re-scored probe is only evaluated
+        self.full_batch = args.opt == "lbfgs"  # each step one pass over every training feature
+        shards = 1 if on_features(args) else dist.world_size()
+        self.batches = TrainBatches(train, args.batch_size, args.seed, model.device, crops=model.crops,
+                                    workers=args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
+                                    decode=args.decode, listed=unreadable_list(train, folder, args.max_unreadable))
+        self.done, self.stopped_by, self.lr = step >= self.total or not self.trains, None, 0.0
         monitored = getattr(args, "monitors", False)  # (eval and finetune have none)
-        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, model.full_batch, model.device,
+        self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, self.full_batch, model.device,
                                  model.uniform_loss if monitored else None)
         self.watch = CollapseWatch(args.problem, getattr(args, "embedding_dim", 0), model.uniform_loss)
-        self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), self.progress.bar.close, signals)
-        self.batches = None
+        self.stops = Stops(args.problem, folder, model.device, step, bool(args.resume), signals)
 
-    def full_batch_loop(self):
-        """The loop of a problem without batches (the L-BFGS probe): each step one pass over every training image."""
-        while not self.done:
-            self.set_lr()
-            loss, images = self.model.full_batch_step(self.optimizer)
-            self.step_done(loss, {}, {}, images)
+    def extract(self):
+        """(train, test): (features, labels) of this rank's share of the labelled training images and of the test
+        images, from the backbone in eval mode."""
+        if self.log and self.args.problem == "eval":
+            self.log.print(f"features of {len(self.data.knn_train)} training and {len(self.data.test)} test images")
+        return [extract_features(self.model.backbone, d, self.model.device, workers=self.args.workers,
+                                 autocast=self.model.autocast) for d in (self.data.knn_train, self.data.test)]
 
     def loop(self):
-        """The training loop of every problem: epochs of batches, one optimiser step each, until done or stopped."""
+        """The training loop of every problem: epochs of batches, one optimiser step each, until done or stopped;
+        the L-BFGS probe's steps are each one pass over every training feature."""
+        if self.full_batch:
+            return self.full_batch_loop()
         model = self.model
-        batches = self.batches = model.train_batches(self.folder)
         while not self.done:
             epoch = self.step // self.steps_per_epoch
-            model.on_epoch_start(epoch, batches)
-            for batch in batches.epoch(epoch, start=self.step % self.steps_per_epoch):
+            model.on_epoch_start(epoch, self.batches)
+            for batch in self.batches.epoch(epoch, start=self.step % self.steps_per_epoch):
                 self.set_lr()
                 loss, logs, out = train_step(model, self.net, self.optimizer, self.scaler, batch, self.step)
                 if self.probe:
-                    self.probe.step(*model.probe_batch(batch, out))
+                    self.probe.step(out["features"], batch[1], self.args.num_crops[0])
                 if self.step_done(loss, logs, out, self.args.batch_size):
                     break
+
+    def full_batch_loop(self):
+        feats, labels = self.batches.data.images, self.batches.data.labels
+        feats = through_batch_norm(self.model.classifier, feats)
+        while not self.done:
+            self.set_lr()
+            loss = lbfgs_step(self.model.classifier[1], self.optimizer, feats, labels)
+            self.step_done(loss, {}, {}, len(feats))
 
     def set_lr(self):
         self.lr = lr_at(self.step, self.total, self.steps_per_epoch, self.args)
@@ -173,17 +222,18 @@ class Run:
             group["lr"] = self.lr * group.get("lr_scale", 1.0)
 
     def step_done(self, loss, logs, out, images):
-        """After optimiser step `self.step`, which gave (loss, logs, out) on `images` images: the checks, log row,
-        evaluation and checkpoint that are due. True when the run must stop (its end, or a stop signal)."""
-        step, args = self.step, self.args
-        self.stops.watch(loss, self.model, self.scaler)
+        """After an optimiser step, which gave (loss, logs, out) on `images` images: counts it (`self.step` is then the
+        number of steps done, this one included), then the checks, log row, evaluation and checkpoint that are due.
+        True when the run must stop (its end, or a stop signal); a non-finite step raises Failure."""
+        args = self.args
         self.step += 1
+        self.stops.watch(loss, self.model, self.scaler)
         self.progress.count(loss, images)
         at_end = self.step >= self.total
         log_due = self.step % args.log_freq == 0 or at_end
         save_due = self.step % args.save_freq == 0 or at_end
         # a GPU reads the non-finite flag only at log and save steps: reading it costs a sync
-        signalled = self.stops.poll(step, loss, out, check=self.model.device.type == "cpu" or log_due or save_due)
+        signalled = self.stops.poll(self.step, loss, out, check=self.model.device.type == "cpu" or log_due or save_due)
         if log_due:
             self.log_progress(logs, out)
         if args.eval_freq > 0 and self.step % args.eval_freq == 0 and not at_end:
@@ -200,7 +250,7 @@ class Run:
     def log_progress(self, logs, out):
         """The logs.csv row: the step's `logs`, the monitors of its tensors `out` (the mean over the ranks) and the
         online probe's accuracy; and the collapse warning when the row shows one."""
-        listed = self.batches.listed if self.batches is not None else None
+        listed = self.batches.listed
         if listed is not None:  # image folders: the files that failed to decode, replaced by stand-ins
             self.note_unreadable(listed)
             logs = dict(logs, unreadable=len(listed))
@@ -210,48 +260,42 @@ class Run:
             monitors = dict(zip(monitors, values.tolist()))
         if self.probe:
             monitors["online_acc"] = self.probe.accuracy()
-        row = self.writing(self.progress.row, self.step, self.lr, dict(logs, **monitors))
-        warning = self.watch.check(self.step, row) if row and monitors else None
+        row = self.progress.row(self.step, self.lr, dict(logs, **monitors))
+        warning = self.watch.check(self.step, row) if monitors else None
         if warning and self.log:
-            self.writing(self.log.print, warning)
+            self.log.print(warning)
 
     def note_unreadable(self, listed):
         """Say which files any rank failed to decode since the last row; past --max_unreadable, stop with a
         checkpoint (the stand-ins make the steps so far valid ones)."""
-        new, reason = self.writing(self.batches.gather_unreadable)
+        new, reason = self.batches.gather_unreadable()
         if new and self.log:
             self.log.print(f"step {self.step}: {len(new)} more images cannot be decoded and were replaced by others "
                            f"({len(listed)} in all), listed in {listed.path}")
         if reason:
             if self.log:
-                self.writing(self.log.row, iter=self.step, epoch=self.step / self.steps_per_epoch, unreadable=len(listed))
+                self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, unreadable=len(listed))
             self.save()
-            self.progress.bar.close()
             raise UserError(f"{reason}; {self.stops.last_checkpoint()}")
 
     def save(self):
-        """Checkpoint and exported backbone, after checking that every weight is finite: nothing else is written."""
+        """Checkpoint, then the exported backbone, after checking that every weight is finite. A failed write raises
+        its OSError (train() makes it the run's stop); once the checkpoint is written it is the intact one."""
         self.stops.check_weights(self.model, self.step)
-        try:
-            checkpoint.save(self.folder, self.step, self.total, self.step // self.steps_per_epoch, self.args, self.model,
-                            self.optimizer, self.scaler, self.probe)
-        except OSError as e:
-            if os.path.basename(e.filename or "") == checkpoint.BACKBONE:  # the checkpoint itself was written
-                self.stops.saved_step = self.step
-            self.stops.fail_write(e)
+        checkpoint.save(self.folder, self.step, self.total, self.step // self.steps_per_epoch, self.args, self.model,
+                        self.optimizer, self.scaler, self.probe)
         self.stops.saved_step = self.step
-
-    def writing(self, write, *args, **kw):
-        """write(*args, **kw) into the run folder; a full or failing disk stops the run (Stops.fail_write)."""
-        try:
-            return write(*args, **kw)
-        except OSError as e:
-            self.stops.fail_write(e)
+        checkpoint.export_backbone(self.folder, self.args, self.model)
 
     def evaluate(self):
-        metrics = self.model.evaluate()
+        """The method's own metrics on the test images' features (a probe's accuracy, NPID's bank kNN), then the kNN
+        of the backbone's features, test images against the labelled training images; logged and returned."""
+        train, test = self.features or self.extract()
+        metrics = dict(self.model.evaluate(test))
+        k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
+        metrics = on_validation(self.args, dict(metrics, knn_acc1=k1, knn_acc5=k5))
         if self.log:
-            self.writing(self.log.row, iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
+            self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
             self.log.print(f"step {self.step}: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         return metrics
 
@@ -259,12 +303,13 @@ class Run:
 def open_run(args, signals):
     """The problem built, its run folder made (or the resumed one read back) and its Run at the step to go on from."""
     device = dist.pick_device(args.device)
-    model, optimizer, scaler = build(args, device)
-    args = model.args
-    if args.batch_size > len(model.train_data()):
-        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(model.train_data())} training images")
+    args, data, model, optimizer, scaler = build(args, device)
+    if args.batch_size > len(data.train):
+        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(data.train)} training images")
     net = distribute(model, args, device)
-    probe = model.online_probe()
+    labelled = (data.train.labels >= 0).all()  # STL-10's unlabeled images: nothing for an online probe to learn
+    probe = (OnlineProbe(model.backbone.feat_dim, data.train.num_classes, args.online_probe_lr, device)
+             if args.problem in METHODS and args.online_probe and labelled else None)
     step = checkpoint.restore(args.resume, model, optimizer, scaler, probe) if args.resume else 0
     if args.resume:
         folder = os.path.dirname(args.resume)
@@ -273,31 +318,31 @@ def open_run(args, signals):
     else:
         folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
     log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
-    if log and not args.resume:
-        for name, text in model.run_files().items():
-            checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text.encode()))
+    if log and not args.resume:  # a probe's or fine-tuning's labelled and held-out images
+        for name, lines in (("label_subset.txt", data.label_subset), ("validation.txt", data.validation_subset)):
+            if lines:
+                text = "".join(f"{line}\n" for line in lines).encode()
+                checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text))
     if log:
         log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
         for line in model.warnings():
             log.print(line)
-    return Run(args, model, net, optimizer, scaler, probe, folder, log, step, signals)
+    return Run(args, data, model, net, optimizer, scaler, probe, folder, log, step, signals)
 
 
 def train(args):
     """Train `args.problem` in this process (one of W under DDP): a new run folder, or the resumed one. The run is
     finished once its last evaluation and save are done (runlog.DONE); `--resume` of a run stopped before that,
-    in its last step, evaluation or save, finishes it in its own folder."""
+    in its last step, evaluation or save, finishes it in its own folder. Returns (run folder, final metrics);
+    raises Failure when the run stops early: a stop signal, a non-finite step, a failed write."""
     with StopFlag() as signals:  # the run's signal handlers, and the caller's again after it
         run = None
         try:
             run = open_run(args, signals)
-            resumed_at_end = run.done and bool(args.resume)
+            resumed_at_end = run.step >= run.total and bool(args.resume)
             run.model.train()
-            if run.model.trains and run.model.full_batch:
-                run.full_batch_loop()
-            elif run.model.trains:
+            with run.progress:
                 run.loop()
-            run.progress.bar.close()
             if run.stopped_by:
                 if run.log:
                     run.log.print(f"stopped by signal {run.stopped_by} at step {run.step}; continue with: "
@@ -308,15 +353,17 @@ def train(args):
         except Stopped as stop:
             if run is None:  # nothing was trained yet
                 raise Failure(f"stopped by signal {stop.signum} before the first step", 128 + stop.signum)
-            run.progress.bar.close()
             if run.log:
                 phase = "in its final evaluation and save" if signals.at_once else f"at once, in step {run.step}"
                 run.log.print(f"stopped by signal {stop.signum} {phase}; {run.stops.last_checkpoint()}; "
                               f"continue with: {resume_command(run.folder)}")
             raise Failure(code=128 + stop.signum)
-        finally:
-            if run is not None:
-                run.progress.bar.close()  # however the run ends: a caller that goes on gets no stale progress bar
+        except OSError as e:  # a full or failing disk while the run writes its folder
+            if e.filename is None:
+                raise
+            if run is None:
+                raise Failure(f"{(e.strerror or str(e)).lower()} while writing {e.filename}; no checkpoint was written")
+            raise run.stops.write_failed(e) from None
 
 
 def finish(run, resumed_at_end):
@@ -326,10 +373,7 @@ def finish(run, resumed_at_end):
         run.save()
     metrics = run.evaluate() if run.args.eval_freq >= 0 else {}
     if run.log:
-        try:
-            runlog.mark_done(run.folder, run.step, metrics)
-        except OSError as e:
-            run.stops.fail_write(e)
+        runlog.mark_done(run.folder, run.step, metrics)
         run.log.print(f"done {run.args.problem} {run.folder} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     return metrics
 
@@ -340,10 +384,11 @@ def resume_command(folder):
 
 
 def dry_run(args, sources):
-    """--dry_run: the recipe a launch would train, from the problem built as training builds it (data included,
-    on the CPU); nothing is written. Returns the printed lines."""
-    model, optimizer, _ = build(args, torch.device("cpu"))
-    parsed, args, images, procs = vars(args), model.args, len(model.train_data()), dist.total_procs(args)
+    """--dry_run: the recipe a launch would train, from the problem built as training builds it (its data read, on
+    the CPU; no encoder runs, no feature is extracted); nothing is written. Returns the printed lines."""
+    parsed, procs = vars(args), dist.total_procs(args)
+    args, data, model, optimizer, _ = build(args, torch.device("cpu"))
+    images = len(data.train)
     per_epoch, total = steps_per_epoch(images, args.batch_size), total_steps(args, images)
     width = max(len(k) for k in vars(args))
     lines = [f"--{k:{width}s} {v!r:32s} "
@@ -363,8 +408,8 @@ def dry_run(args, sources):
                      f"weight decay {g.get('weight_decay', args.weight_decay):g}, lr x {g.get('lr_scale', 1.0):g}, "
                      f"{adapted}")
     lines += model.warnings()
-    if model.crops():
-        lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in model.crops()))
+    if model.crops:
+        lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in model.crops))
     print("\n".join(lines))
     return lines
 

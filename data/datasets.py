@@ -10,6 +10,7 @@ import importlib.util
 import os
 import pickle
 import re
+import types
 import zlib
 
 import numpy as np
@@ -49,6 +50,17 @@ class ArrayData:
     def to(self, device):
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         return self
+
+
+class FeatureData:
+    """Precomputed features in place of images: the loader batches their rows as it batches in-memory images, one
+    view of no crops (`data.loader.TrainBatches`)."""
+
+    def __init__(self, features, labels, num_classes):
+        self.images, self.labels, self.num_classes = features, labels, num_classes
+
+    def __len__(self):
+        return len(self.labels)
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -385,3 +397,30 @@ def read_label_subset(path, data):
         raise UserError(f"--label_subset {path} has no image of class {missing[0]}"
                         f"{f' (nor of {len(missing) - 1} more)' if len(missing) > 1 else ''}: every class needs one")
     return indices
+
+
+def normalisation(args, data):
+    """(mean, std) the pixels of `data` are normalised with: --norm_mean / --norm_std, else the dataset's."""
+    # getattr: the flags of runs made before these flags existed (an encoder's saved args) have neither
+    mean = tuple(getattr(args, "norm_mean", None) or data.mean)
+    std = tuple(getattr(args, "norm_std", None) or data.std)
+    for name, values in (("--norm_mean", mean), ("--norm_std", std)):
+        if len(values) != data.channels:
+            raise UserError(f"{name} has {len(values)} values; {args.data} has {data.channels} channels")
+    return mean, std
+
+
+def load_data(args, pretrain, device):
+    """The run's images, on `device`: `train` (what the loop iterates: every training image when `pretrain`, else
+    the labelled ones), `test`, and `knn_train` (the labelled training images, the kNN's memory)."""
+    def load(split):
+        return load_dataset(args.data, args.data_root, split, args.skip_images, args.interpolation)
+    train = fixed_subset(load("pretrain" if pretrain else "train"), args.subset, args.seed)
+    test = fixed_subset(load("test"), getattr(args, "test_subset", 0), 0, "test_subset")  # (saved flags of older runs)
+    knn_train = train
+    if (train.labels < 0).any():  # STL-10's unlabeled images: kNN uses the labeled split
+        knn_train = fixed_subset(load("train"), args.subset, args.seed)
+    for d in (train, test, knn_train):
+        d.to(device)
+        d.mean, d.std = normalisation(args, d)
+    return types.SimpleNamespace(train=train, test=test, knn_train=knn_train, label_subset=None, validation_subset=None)

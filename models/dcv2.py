@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from data.loader import steps_per_epoch
 from models.base import Pretrain
-from models.heads import prototype_layers
+from models.backbones import prototype_layers
 from models.memory import spherical_kmeans
 from models.monitors import prototype_monitors, trivial_solution_warning
 from utils import config, dist, seeds
@@ -30,20 +30,20 @@ class DeepClusterV2(Pretrain):
                        help="crops whose embeddings the memory bank keeps; head h clusters bank h mod len")
         p.set_defaults(head_hidden_dims=[2048])
 
-    def __init__(self, args, data, device):
-        super().__init__(args, data, device)
+    def __init__(self, args, train, device):
+        super().__init__(args, train, device)
         self.check_crops("crops_for_mb", args.crops_for_mb)
         self.prototypes = prototype_layers(args.embedding_dim, args.num_clusters)
         self.prototypes.requires_grad_(False)  # centroids, not trained
         # per-rank bank: one slot per image this rank sees in an epoch, overwritten batch by batch
         self.local_batch = args.batch_size // dist.world_size()
-        self.steps_per_epoch = steps_per_epoch(len(data.train), args.batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(train), args.batch_size)
         slots = self.steps_per_epoch * self.local_batch
         if max(args.num_clusters) > slots:
             raise UserError(f"--num_clusters {max(args.num_clusters)} exceeds the {slots} images of a rank's memory bank")
         self.bank = torch.zeros(len(args.crops_for_mb), slots, args.embedding_dim, device=device)
         self.bank_index = torch.full((slots,), -1, dtype=torch.long, device=device)
-        self.assignments = torch.full((len(args.num_clusters), len(data.train)), NO_ASSIGNMENT, dtype=torch.long,
+        self.assignments = torch.full((len(args.num_clusters), len(train)), NO_ASSIGNMENT, dtype=torch.long,
                                       device=device)
         self.clustered_epoch = -1
 

@@ -6,11 +6,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.augment import Augment
-from data.datasets import balanced_subset, label_subset_lines, read_label_subset
+from data.datasets import balanced_subset, label_subset_lines, load_data, read_label_subset
 from models import published
-from models.backbones import build_backbone, spec_problem
-from models.base import Problem, load_data
-from models.heads import head_from_args
+from models.backbones import build_backbone, head_from_args, spec_problem
+from models.base import Method
 from models.knn import bank_knn, eval_mode
 from utils import checkpoint, config, dist
 from utils.config import Flags, Range, find_action, str2bool
@@ -129,16 +128,19 @@ def encoder_data_args(args, saved):
 
 
 def take_labelled(args, data):
-    """Keep, as `data.train` and the kNN memory, the labelled images --label_subset lists or a class-balanced
-    --label_fraction of them drawn by --seed; `data.label_subset` becomes the lines of their label_subset.txt.
-    With --validation N, about N other training images, class-balanced, replace `data.test`."""
+    """The run's images with, as `train` and the kNN memory, the labelled images --label_subset lists or a
+    class-balanced --label_fraction of them drawn by --seed, and as `label_subset` the lines of their
+    label_subset.txt; with --validation N, about N other training images, class-balanced, as `test` (and
+    `validation_subset` their lines)."""
     if args.label_subset and args.label_fraction < 1:
         raise UserError("--label_subset and --label_fraction both choose the labelled images: give one")
-    everything = torch.arange(len(data.train))
+    train, test = data.train, data.test
+    label_lines = validation_lines = None
+    everything = torch.arange(len(train))
     if args.label_subset:
-        picked = read_label_subset(args.label_subset, data.train)
+        picked = read_label_subset(args.label_subset, train)
     elif args.label_fraction < 1:
-        picked = balanced_subset(data.train.labels, args.label_fraction, args.seed)
+        picked = balanced_subset(train.labels, args.label_fraction, args.seed)
     else:
         picked = everything
     if args.validation:
@@ -146,44 +148,40 @@ def take_labelled(args, data):
         if args.validation >= len(pool):
             raise UserError(f"--validation {args.validation} leaves no image to train on: {len(pool)} are not "
                             "labelled ones")
-        held = pool[balanced_subset(data.train.labels.cpu()[pool], args.validation / len(pool), args.seed,
-                                    "validation")]
+        held = pool[balanced_subset(train.labels.cpu()[pool], args.validation / len(pool), args.seed, "validation")]
         if len(picked) == len(everything):
             picked = everything[~torch.isin(everything, held)]
-        data.validation_subset = label_subset_lines(data.train, held)
-        data.test = data.train.subset(held.to(data.train.labels.device))
+        validation_lines = label_subset_lines(train, held)
+        test = train.subset(held.to(train.labels.device))
     if len(picked) < len(everything):
-        data.label_subset = label_subset_lines(data.train, picked)
-        data.train = data.knn_train = data.train.subset(picked.to(data.train.labels.device))
+        label_lines = label_subset_lines(train, picked)
+        train = train.subset(picked.to(train.labels.device))
+    return types.SimpleNamespace(train=train, test=test, knn_train=train, label_subset=label_lines,
+                                 validation_subset=validation_lines)
 
 
 def on_validation(args, metrics):
     """`metrics` of the test images renamed for the held-out training images under --validation (val_acc1, ...)."""
-    if not args.validation:
+    if not getattr(args, "validation", 0):  # (pretraining has no held-out images)
         return metrics
     return {"val_" + k.removeprefix("test_"): v for k, v in metrics.items()}
 
 
 def classifier_accuracy(classifier, feats, labels, num_classes):
-    """(top-1, top-5) in % of `classifier` on features `feats`, in eval mode."""
+    """(top-1, top-5) in % of `classifier` on features `feats`, in eval mode; each rank passes its share of them."""
     with torch.no_grad(), eval_mode(classifier):
         top5 = classifier(feats).topk(min(5, num_classes), dim=1).indices
-    acc1 = 100.0 * (top5[:, 0] == labels).float().mean().item()
-    return acc1, 100.0 * (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    counts = dist.all_reduce_sum(torch.stack([(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(dim=1).sum(),
+                                              torch.tensor(len(labels), device=labels.device)]))
+    shares = counts[:2].float() / counts[2].float()  # float32, as the mean of a 0/1 mask always gave
+    return 100.0 * shares[0].item(), 100.0 * shares[1].item()
 
 
-class FeatureData:
-    """Precomputed features in place of images: the loader batches their rows as it batches in-memory images, one
-    view of no crops (`data.loader.TrainBatches`)."""
+class LinearEval(Method):
+    """A linear classifier (after a non-affine BatchNorm with --linear_bn) on a frozen encoder: on the features the
+    run extracts once (--precompute_features), or on crops of the images through the encoder in eval mode; and,
+    with --knn_memory_bank, NPID's kNN against the bank of the run that made the encoder."""
 
-    def __init__(self, features, labels, num_classes):
-        self.images, self.labels, self.num_classes = features, labels, num_classes
-
-    def __len__(self):
-        return len(self.labels)
-
-
-class LinearEval(Problem):
     @staticmethod
     def add_args(p):
         add_encoder_backbone_args(p)
@@ -211,19 +209,9 @@ class LinearEval(Problem):
         p.set_defaults(opt="sgd", lr=0.1, epochs=100, weight_decay=0.0, data=None)  # SGD momentum 0.9 + cosine
 
     @staticmethod
-    def whole_batch_on_every_rank(args):
-        """Precomputed features are gathered on every rank, which then trains the same probe on the whole batch:
-        no DDP, and exactly the single-process result. Augmented features split each batch over the ranks (DDP)."""
-        return args.precompute_features
-
-    @staticmethod
-    def solves_full_batch(args):
-        """L-BFGS: each step one pass over every training feature (a re-scored probe trains nothing)."""
-        return args.opt == "lbfgs" and not args.eval_only
-
-    @classmethod
-    def build(cls, args, device):
-        """The encoder is read once; the data flags the user left unset are the encoder's."""
+    def resolve(args):
+        """(args, encoder): the encoder read once (load_encoder), the flags the user left unset completed from it:
+        its data, normalisation and backbone; a re-scored probe's (--eval_only) its own shape."""
         if args.eval_only:
             if not args.ckpt:
                 raise UserError("--eval_only needs --ckpt, the linear run to score")
@@ -243,100 +231,39 @@ class LinearEval(Problem):
             args = encoder_arch_args(args, source)
         if args.eval_only:  # the probe's shape is the trained run's
             args = args.replace(linear_bn=source.args["linear_bn"])
-        full_batch = cls.solves_full_batch(args)
-        if full_batch and not args.precompute_features:
+        if args.opt == "lbfgs" and not args.precompute_features:
             raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
-        data = load_data(args, pretrain=False, device=device)
-        take_labelled(args, data)
-        if full_batch:  # whatever the fraction of the labels
-            args = args.replace(batch_size=len(data.train))
-        return cls(args, data, device, source)
+        if args.knn_memory_bank and (args.eval_only or args.encoder_ckpt == "pixels"):
+            raise UserError("--knn_memory_bank needs --encoder_ckpt, the NPID run whose memory bank to use")
+        return args, source
 
-    def __init__(self, args, data, device, source):
-        super().__init__(args, data, device)
-        spec = source.spec or dict(arch="pixels", in_channels=data.train.channels, image_size=data.train.image_size)
-        self.backbone_spec = spec
-        self.backbone = encoder_backbone(spec, source.weights, data.train, args.data)
+    def __init__(self, args, train, device, encoder):
+        if args.opt == "lbfgs":  # each step takes every training feature, whatever the fraction of the labels
+            args = args.replace(batch_size=len(train))
+        super().__init__(args, device)
+        self.backbone_spec = encoder.spec or dict(arch="pixels", in_channels=train.channels, image_size=train.image_size)
+        self.backbone = encoder_backbone(self.backbone_spec, encoder.weights, train, args.data)
         self.backbone.requires_grad_(False)
         feat_dim = self.backbone.feat_dim
         self.classifier = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False) if args.linear_bn else nn.Identity(),
-                                        nn.Linear(feat_dim, data.train.num_classes))
-        side = data.train.image_size
-        self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
-                               data.train.channels, colour=False, generator=self.generator("augment"))
-        self._features = None
-        if args.linear_bn and not self.whole_batch_on_every_rank(args) and dist.world_size() > 1:  # global BatchNorm statistics
+                                        nn.Linear(feat_dim, train.num_classes))
+        self.num_classes = train.num_classes
+        side = train.image_size
+        self.augment = Augment([1], [side], [args.min_scale], [1.0], train.mean, train.std, train.channels,
+                               colour=False, generator=self.generator("augment"))
+        self.crops = () if args.precompute_features else self.augment.crops  # features: batches of rows, no crops
+        if args.linear_bn and not args.precompute_features and dist.world_size() > 1:  # global BatchNorm statistics
             if device.type == "cpu":
                 raise UserError("--linear_bn with --precompute_features false on several processes needs GPUs (SyncBatchNorm)")
             self.classifier = nn.SyncBatchNorm.convert_sync_batchnorm(self.classifier)
         if args.eval_only:
-            self.load_state_dict(source.state)
-        self.trains, self.full_batch = not args.eval_only, self.solves_full_batch(args)
-        self._full_batch = None  # the L-BFGS probe's (features, labels), through its BatchNorm
-        self.memory = self.memory_bank_of(source) if args.knn_memory_bank else None
-
-    def memory_bank_of(self, source):
-        """(head, memory bank, labels of the bank's rows) of the NPID run that made the encoder."""
-        if self.args.eval_only or self.args.encoder_ckpt == "pixels":
-            raise UserError("--knn_memory_bank needs --encoder_ckpt, the NPID run whose memory bank to use")
-        if source.args["problem"] != "npid" or source.state is None:
-            raise UserError(f"--knn_memory_bank needs an NPID run's checkpoint.pth.tar; {self.args.encoder_ckpt} is not one")
-        pretrain_args = Flags(**source.args)
-        labels = load_data(pretrain_args, pretrain=True, device="cpu").train.labels  # the bank's rows: the pretraining images
-        bank = source.state["_extra_state"]["memory_bank"]
-        if len(labels) != len(bank) or (labels < 0).any():
-            raise UserError(f"the memory bank of {self.args.encoder_ckpt} does not match its labeled training images")
-        head = head_from_args(pretrain_args, self.backbone.feat_dim)
-        head.load_state_dict({k[len("head."):]: v for k, v in source.state.items() if k.startswith("head.")})
-        return head.to(self.device), bank.to(self.device), labels.to(self.device)
+            self.load_state_dict(encoder.state)
+        self.memory = npid_bank(args, encoder, self.backbone.feat_dim, device) if args.knn_memory_bank else None
 
     def train(self, mode=True):
         super().train(mode)
         self.backbone.eval()  # frozen encoder: BatchNorm statistics stay as pretrained
         return self
-
-    def features(self):
-        """Un-augmented (train, test) features and labels, computed once: the encoder never changes."""
-        if self._features is None:  # the labeled training images are the probe's training images
-            self._features = super().features()
-        return self._features
-
-    def crops(self):
-        return () if self.args.precompute_features else super().crops()
-
-    def train_data(self):
-        if not self.args.precompute_features:
-            return self.data.train
-        feats, labels = self.features()[0]
-        return FeatureData(feats, labels, self.data.train.num_classes)
-
-    def full_batch_step(self, optimizer):
-        """One L-BFGS iteration, every training feature in each loss evaluation; returns (the loss before the step,
-        the images it saw).
-
-        The features pass the probe's BatchNorm once, whose statistics become those of the whole set, so every
-        evaluation of the line search sees the same inputs, bit for bit.
-        """
-        if self._full_batch is None:
-            feats, labels = self.features()[0]
-            norm = self.classifier[0]
-            if isinstance(norm, nn.BatchNorm1d):
-                norm.reset_running_stats()
-                norm.momentum = None  # a cumulative average: after one batch, that batch's mean and variance
-                with torch.no_grad():
-                    feats = norm.train()(feats)
-            self._full_batch = feats, labels
-        feats, labels = self._full_batch
-        linear, first = self.classifier[1], []
-
-        def closure():
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(linear(feats), labels)
-            loss.backward()
-            first.append(loss.detach())
-            return loss
-        optimizer.step(closure)
-        return first[0], len(feats)
 
     def forward(self, batch, step):
         (x,), y, _ = batch  # one view: the features, or one crop of the images
@@ -348,12 +275,53 @@ class LinearEval(Problem):
         return F.cross_entropy(self.classifier(feats), y), {}, {}
 
     @torch.no_grad()
-    def evaluate(self):
-        train, (test_feats, test_labels) = self.features()
-        acc1, acc5 = classifier_accuracy(self.classifier, test_feats, test_labels, self.data.test.num_classes)
-        metrics = dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
+    def evaluate(self, test):
+        """Top-1 and top-5 of the classifier on the test features; NPID's bank kNN with --knn_memory_bank."""
+        acc1, acc5 = classifier_accuracy(self.classifier, *test, self.num_classes)
+        metrics = dict(test_acc1=acc1, test_acc5=acc5)
         if self.memory is not None:
             head, bank, labels = self.memory
-            metrics.update(bank_knn(head, bank, labels, (test_feats, test_labels), self.data.test.num_classes,
-                                    self.args.knn_k, self.args.knn_t, self.autocast))
-        return on_validation(self.args, metrics)
+            metrics.update(bank_knn(head, bank, labels, test, self.num_classes, self.args.knn_k, self.args.knn_t,
+                                    self.autocast))
+        return metrics
+
+
+def npid_bank(args, encoder, feat_dim, device):
+    """(head, memory bank, labels of the bank's rows) of the NPID run that made the encoder."""
+    if encoder.args["problem"] != "npid" or encoder.state is None:
+        raise UserError(f"--knn_memory_bank needs an NPID run's checkpoint.pth.tar; {args.encoder_ckpt} is not one")
+    pretrain_args = Flags(**encoder.args)
+    labels = load_data(pretrain_args, pretrain=True, device="cpu").train.labels  # the bank's rows: the pretraining images
+    bank = encoder.state["_extra_state"]["memory_bank"]
+    if len(labels) != len(bank) or (labels < 0).any():
+        raise UserError(f"the memory bank of {args.encoder_ckpt} does not match its labeled training images")
+    head = head_from_args(pretrain_args, feat_dim)
+    head.load_state_dict({k[len("head."):]: v for k, v in encoder.state.items() if k.startswith("head.")})
+    return head.to(device), bank.to(device), labels.to(device)
+
+
+def through_batch_norm(classifier, feats):
+    """The L-BFGS probe's features, passed once through its BatchNorm (if any), whose statistics become those of the
+    whole set: every evaluation of the line search then sees the same inputs, bit for bit."""
+    norm = classifier[0]
+    if isinstance(norm, nn.BatchNorm1d):
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: after one batch, that batch's mean and variance
+        with torch.no_grad():
+            feats = norm.train()(feats)
+    return feats
+
+
+def lbfgs_step(linear, optimizer, feats, labels):
+    """One L-BFGS iteration of the probe's Linear, every training feature in each loss evaluation; returns the loss
+    before the step."""
+    first = []
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(linear(feats), labels)
+        loss.backward()
+        first.append(loss.detach())
+        return loss
+    optimizer.step(closure)
+    return first[0]

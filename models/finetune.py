@@ -7,15 +7,14 @@ import torch.nn.functional as F
 
 from data.augment import Augment
 from models.backbones import backbone_spec
-from models.base import Problem, load_data
+from models.base import Method
 from models.eval import (add_encoder_backbone_args, add_label_args, classifier_accuracy, encoder_arch_args,
-                         encoder_backbone, encoder_data_args, load_encoder, on_validation, take_labelled)
-from utils import optim
+                         encoder_backbone, encoder_data_args, load_encoder)
 from utils.config import Range
 from utils.errors import UserError
 
 
-class FineTune(Problem):
+class FineTune(Method):
     @staticmethod
     def add_args(p):
         add_encoder_backbone_args(p, scratch="--encoder_ckpt none")
@@ -33,30 +32,30 @@ class FineTune(Problem):
         add_label_args(g)
         p.set_defaults(opt="sgd", lr=0.05, epochs=30, weight_decay=0.0, data=None)
 
-    @classmethod
-    def build(cls, args, device):
+    @staticmethod
+    def resolve(args):
+        """(args, encoder): the encoder read once (None for `none`), the flags the user left unset completed from it."""
         if not args.encoder_ckpt:
             raise UserError("--problem finetune needs --encoder_ckpt (a pretraining run folder or checkpoint, or `none` "
                             "to train from a random initialisation)")
         source = None if args.encoder_ckpt == "none" else load_encoder(args.encoder_ckpt)
         if source is not None and source.spec is None:
             raise UserError("--encoder_ckpt pixels has no weights to fine-tune: use `none` for a random-init backbone")
-        args = encoder_arch_args(encoder_data_args(args, source.args if source else {}), source)
-        data = load_data(args, pretrain=False, device=device)
-        take_labelled(args, data)
-        return cls(args, data, device, source)
+        return encoder_arch_args(encoder_data_args(args, source.args if source else {}), source), source
 
-    def __init__(self, args, data, device, source):
-        super().__init__(args, data, device)
-        self.backbone_spec = source.spec if source else backbone_spec(args, data.train)
-        self.backbone = encoder_backbone(self.backbone_spec, source.weights if source else None, data.train, args.data)
-        self.classifier = nn.Linear(self.backbone.feat_dim, data.train.num_classes)
-        side = data.train.image_size
-        self.augment = Augment([1], [side], [args.min_scale], [1.0], data.train.mean, data.train.std,
-                               data.train.channels, colour=False, generator=self.generator("augment"))
+    def __init__(self, args, train, device, encoder):
+        super().__init__(args, device)
+        self.backbone_spec = encoder.spec if encoder else backbone_spec(args, train)
+        self.backbone = encoder_backbone(self.backbone_spec, encoder.weights if encoder else None, train, args.data)
+        self.classifier = nn.Linear(self.backbone.feat_dim, train.num_classes)
+        self.num_classes = train.num_classes
+        side = train.image_size
+        self.augment = Augment([1], [side], [args.min_scale], [1.0], train.mean, train.std, train.channels,
+                               colour=False, generator=self.generator("augment"))
+        self.crops = self.augment.crops
 
-    def make_optimizer(self):
-        return optim.build_optimizer(self, self.args, {p: self.args.backbone_lr_scale for p in self.backbone.parameters()})
+    def lr_scales(self):
+        return {p: self.args.backbone_lr_scale for p in self.backbone.parameters()}
 
     def forward(self, batch, step):
         x, y, _ = batch
@@ -64,10 +63,7 @@ class FineTune(Problem):
             logits = self.classifier(self.backbone(self.augment(x)[0]))
         return F.cross_entropy(logits.float(), y), {}, {}
 
-    def evaluate(self):
-        """Top-1 and top-5 of the fine-tuned classifier on the test (or --validation) images, and kNN of its
-        backbone's features."""
-        train, (test_feats, test_labels) = self.features()
-        acc1, acc5 = classifier_accuracy(self.classifier, test_feats, test_labels, self.data.test.num_classes)
-        metrics = dict(test_acc1=acc1, test_acc5=acc5, **self.knn(train, (test_feats, test_labels)))
-        return on_validation(self.args, metrics)
+    def evaluate(self, test):
+        """Top-1 and top-5 of the fine-tuned classifier on the test (or --validation) images' features."""
+        acc1, acc5 = classifier_accuracy(self.classifier, *test, self.num_classes)
+        return dict(test_acc1=acc1, test_acc5=acc5)

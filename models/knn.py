@@ -1,4 +1,13 @@
-"""Frozen-feature extraction and the weighted kNN classifier (on backbone features, or against NPID's memory bank)."""
+"""Frozen-feature extraction and the weighted kNN classifier, each rank holding only its share of the features.
+
+Under W processes rank r holds rows r, r+W, r+2W, ... of the training features (the kNN's memory) and of the test
+features: about N·D/W floats each, never all of them. The test features reach every rank a round of queries at a
+time; each rank finds the k nearest of its own training rows for every query, and the query's owner merges the W
+candidate lists into the global top k. Ties are broken by the lower training index (and equal votes by the lower
+class), so W processes give what one process gives: the same neighbours, the same votes added in the same order.
+(The cosines themselves are dot products of float32 rows, which a BLAS may round differently for other matrix
+shapes: in exact arithmetic, as the tests use, W processes give one process's result bit for bit.)
+"""
 import contextlib
 
 import torch
@@ -20,44 +29,94 @@ def eval_mode(module):
         module.train(was_training)
 
 
+def shard(n):
+    """The indices of this rank's share of n rows: r, r+W, r+2W, ..."""
+    return torch.arange(dist.rank(), n, dist.world_size())
+
+
 @torch.no_grad()
 def extract_features(backbone, data, device, batch_size=512, workers=0, autocast=contextlib.nullcontext):
-    """(features, labels) of every image of `data`, in order, un-augmented, backbone in eval mode.
-
-    Distributed, rank r embeds images r, r+W, ... and every rank gets all the features.
-    """
+    """(features, labels) of this rank's share of the images of `data` (`shard`), in order, un-augmented, the
+    backbone in eval mode: float32 features on `device`."""
     feats, labels = [], []
-    mine = torch.arange(dist.rank(), len(data), dist.world_size())
     with eval_mode(backbone):
-        for x, y in eval_batches(data, batch_size, device, workers, indices=mine):
+        for x, y in eval_batches(data, batch_size, device, workers, indices=shard(len(data))):
             with autocast():
                 feats.append(backbone(eval_view(x, data.mean, data.std)).float())
             labels.append(y)
-    return dist.gather_strided(torch.cat(feats), len(data)), dist.gather_strided(torch.cat(labels), len(data))
+    if not feats:  # more ranks than images
+        return torch.zeros(0, backbone.feat_dim, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def top_k(sims, k):
+    """(values, columns) of the k largest entries of each row of `sims`; of equal values, the lower columns."""
+    values, columns = sims.topk(k, dim=1)
+    kth = values[:, -1:]
+    tied = ((sims >= kth).sum(1) > k).nonzero()[:, 0]  # rows where equal values straddle the k-th place
+    if len(tied):
+        s, t = sims[tied], kth[tied]
+        equal = s == t
+        need = k - (s > t).sum(1, keepdim=True)
+        keep = (s > t) | (equal & (equal.cumsum(1) <= need))
+        cols = keep.nonzero()[:, 1].view(len(tied), k)
+        columns[tied], values[tied] = cols, s.gather(1, cols)
+    return values, columns
+
+
+def merge(values, index, labels, k):
+    """The k best (value, index, label) of each row's candidates: the larger value first, then the lower index."""
+    order = index.sort(dim=1, stable=True).indices
+    values, index, labels = values.gather(1, order), index.gather(1, order), labels.gather(1, order)
+    order = values.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return values.gather(1, order), labels.gather(1, order)
 
 
 @torch.no_grad()
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k=200, t=0.07, chunk=256):
-    """Top-1 and top-5 accuracy (percent): the k most cosine-similar training samples vote with weight exp(sim/t)."""
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k=200, t=0.07, queries=1024):
+    """Top-1 and top-5 accuracy (%) of the test images: their k most cosine-similar training images vote with
+    weight exp(sim / t). Each rank passes its share (`shard`) of the training and of the test features; a round
+    scores `queries` test rows, from every rank, against every rank's training rows."""
+    w, device = dist.world_size(), train_feats.device
     train_feats = F.normalize(train_feats, dim=1)
-    test_feats = F.normalize(test_feats, dim=1)
-    k = min(k, len(train_feats))
-    correct1 = correct5 = 0
-    for lo in range(0, len(test_feats), chunk):
-        sim, nn_idx = (test_feats[lo:lo + chunk] @ train_feats.T).topk(k, dim=1)
-        votes = torch.zeros(len(sim), num_classes, device=sim.device)
-        votes.scatter_add_(1, train_labels[nn_idx], torch.exp(sim / t))
-        top = votes.topk(min(5, num_classes), dim=1).indices
-        y = test_labels[lo:lo + chunk, None]
-        correct1 += (top[:, :1] == y).sum().item()
-        correct5 += (top == y).any(dim=1).sum().item()
-    return 100.0 * correct1 / len(test_feats), 100.0 * correct5 / len(test_feats)
+    local = torch.tensor([len(train_feats), len(test_feats)], device=device)
+    n_train, n_test = dist.all_reduce_sum(local).tolist()
+    most_train, most_test = dist.all_reduce_max(local).tolist()
+    k = min(k, n_train)
+    kk = min(k, most_train)  # the candidates each rank sends per query, padded where it holds fewer rows
+    per_rank = max(1, queries // w)
+    index = torch.arange(len(train_feats), device=device) * w + dist.rank()  # the global row numbers
+    correct = torch.zeros(2, dtype=torch.long, device=device)
+    for lo in range(0, most_test, per_rank):  # every rank takes part in every round
+        q = F.normalize(test_feats[lo:lo + per_rank], dim=1)
+        padded = torch.zeros(per_rank, test_feats.shape[1], device=device)
+        padded[:len(q)] = q
+        sims = dist.all_gather_cat(padded) @ train_feats.T  # this round's queries of every rank, against my rows
+        values = torch.full((len(sims), kk), -float("inf"), device=device)
+        rows = torch.full((len(sims), kk), n_train, dtype=torch.long, device=device)  # padding: never chosen
+        labels = torch.zeros_like(rows)
+        if len(train_feats):
+            v, c = top_k(sims, min(kk, len(train_feats)))
+            values[:, :c.shape[1]], rows[:, :c.shape[1]], labels[:, :c.shape[1]] = v, index[c], train_labels[c]
+        # the candidates for each query go to the rank that owns it: (per_rank, W * kk) there
+        values, rows, labels = (dist.all_to_all_rows(x).transpose(0, 1).flatten(1) for x in (values, rows, labels))
+        sim, nn_labels = merge(values, rows, labels, k)
+        votes = torch.zeros(len(sim), num_classes, device=device)
+        votes.scatter_add_(1, nn_labels, torch.exp(sim / t))
+        top = votes[:len(q)].sort(dim=1, descending=True, stable=True).indices[:, :5]  # equal votes: the lower class
+        y = test_labels[lo:lo + per_rank, None]
+        correct[0] += (top[:, :1] == y).sum()
+        correct[1] += (top == y).any(dim=1).sum()
+    correct1, correct5 = dist.all_reduce_sum(correct).tolist()
+    return 100.0 * correct1 / max(1, n_test), 100.0 * correct5 / max(1, n_test)
 
 
 @torch.no_grad()
 def bank_knn(head, memory_bank, bank_labels, test, num_classes, k, t, autocast):
-    """NPID's native kNN: the head's embeddings of the test features `test` = (features, labels) against the bank."""
+    """NPID's native kNN: the head's embeddings of the test features `test` = (features, labels), this rank's share,
+    against the memory bank (every rank holds all of it and votes with its share of the rows)."""
     with eval_mode(head), autocast():
         v = head(test[0])
-    k1, k5 = knn_accuracy(memory_bank, bank_labels, v.float(), test[1], num_classes, k, t)
+    rows = shard(len(memory_bank)).to(memory_bank.device)
+    k1, k5 = knn_accuracy(memory_bank[rows], bank_labels[rows], v.float(), test[1], num_classes, k, t)
     return dict(bank_knn_acc1=k1, bank_knn_acc5=k5)

@@ -64,8 +64,12 @@ class OnlineProbe:
         self.correct = torch.zeros((), device=device)
         self.seen = torch.zeros((), device=device)
 
-    def step(self, features, labels):
-        """One SGD step on `features` (n, feat_dim) with `labels` (n,), rows of unknown label (-1) left out."""
+    def step(self, features, labels, large=1):
+        """One SGD step on the `features` of a training step's crops (crop-major, (crops x n, feat_dim)) with the
+        images' `labels` (n,): the first `large` crops (the large ones) of each image, rows of unknown label (-1) left
+        out."""
+        labels = labels.repeat(large)
+        features = features[:len(labels)]
         keep = labels >= 0
         x = F.batch_norm(features.detach().float()[keep], None, None, training=True)
         y = labels[keep]

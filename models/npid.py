@@ -4,10 +4,27 @@ import torch.nn.functional as F
 
 from models.base import Pretrain
 from models.knn import bank_knn
-from models.losses import nce_loss
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives
 from utils import config, dist, seeds
 from utils.errors import UserError
+
+
+def nce_loss(scores, z_const, num_data, eps=1e-7):
+    """NPID's noise-contrastive estimation; scores (B, K+1) = memory rows . v / T, the positive in column 0.
+
+    P = exp(scores) / Z and the noise probability of K negatives is K * Pn, Pn = 1 / num_data:
+    loss = -(1/B) [sum_b log(P_b0 / (P_b0 + K Pn + eps)) + sum_b sum_{k>=1} log(K Pn / (P_bk + K Pn + eps))],
+    computed from log P = scores - log Z with log-add-exp.
+    """
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    num_negatives = scores.shape[1] - 1
+    log_p = scores - torch.log(torch.as_tensor(z_const, dtype=scores.dtype, device=scores.device))
+    noise = torch.tensor(num_negatives / num_data + eps, dtype=scores.dtype, device=scores.device)
+    log_denominator = torch.logaddexp(log_p, torch.log(noise))  # log(P + K Pn + eps)
+    log_k_pn = torch.log(noise - eps)
+    positive = (log_p[:, 0] - log_denominator[:, 0]).sum()
+    negatives = (log_k_pn - log_denominator[:, 1:]).sum()
+    return -(positive + negatives) / scores.shape[0]
 
 
 class NPID(Pretrain):
@@ -36,20 +53,22 @@ class NPID(Pretrain):
         g.add_argument("--nce_eps", type=config.NONNEGATIVE, default=1e-7, help="eps in the NCE denominators")
         p.set_defaults(head_hidden_dims=[], num_crops=[1], min_scale_crops=[0.2], color_jitter=[0.4, 0.4, 0.4, 0.4])
 
-    def __init__(self, args, data, device):
-        super().__init__(args, data, device)
+    def __init__(self, args, train, device):
+        super().__init__(args, train, device)
         if self.num_crops != 1:
             raise UserError(f"NPID takes one crop per image, not --num_crops {args.num_crops}")
         if args.memory_init == "network" and args.memory_init_mean_of > 1:
             raise UserError("--memory_init_mean_of averages random banks: it has no meaning with --memory_init network")
         self.negatives = self.generator("negatives")
         # the same bank on every rank: one generator seeded alike everywhere
-        self.memory_bank = init_memory_bank(len(data.train), args.embedding_dim,
+        self.memory_bank = init_memory_bank(len(train), args.embedding_dim,
                                             seeds.generator(args.seed, "memory_bank", device=device),
                                             args.memory_init_mean_of)
         self.z_const = torch.tensor(-1.0, device=device)  # NCE's Z; negative until the first batch estimates it
         self.z_known = False
         self.memory_filled = args.memory_init == "random"
+        self.bank_labels = train.labels if (train.labels >= 0).all() else None  # a bank of unlabelled images: no kNN
+        self.num_classes = train.num_classes
 
     def get_extra_state(self):  # in state_dict, so in the checkpoint; not a buffer, so DDP never broadcasts it
         return dict(memory_bank=self.memory_bank, z_const=float(self.z_const), memory_filled=self.memory_filled)
@@ -100,11 +119,9 @@ class NPID(Pretrain):
         momentum_update(self.memory_bank, dist.gather(out["index"]), dist.gather(out["embeddings"]),
                         self.args.memory_momentum)
 
-    def evaluate(self):
-        """kNN of the backbone's features, and NPID's own kNN of the embeddings against the memory bank."""
-        train, test = self.features()
-        metrics = self.knn(train, test)
-        if (self.data.train.labels >= 0).all():
-            metrics.update(bank_knn(self.head, self.memory_bank, self.data.train.labels, test,
-                                    self.data.test.num_classes, self.args.knn_k, self.args.knn_t, self.autocast))
-        return metrics
+    def evaluate(self, test):
+        """NPID's own kNN: the head's embeddings of the test features against the memory bank."""
+        if self.bank_labels is None:
+            return {}
+        return bank_knn(self.head, self.memory_bank, self.bank_labels, test, self.num_classes, self.args.knn_k,
+                        self.args.knn_t, self.autocast)

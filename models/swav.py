@@ -5,10 +5,60 @@ import torch
 import torch.nn.functional as F
 
 from models.base import Pretrain
-from models.heads import prototype_layers
-from models.losses import swav_loss
+from models.backbones import prototype_layers
 from models.monitors import prototype_monitors, trivial_solution_warning
-from utils import config, dist, optim
+from utils import config, dist
+
+
+@torch.no_grad()
+def sinkhorn(scores, epsilon=0.05, num_iters=3):
+    """SwAV's equal-partition codes: scores (B, K) of this rank's rows -> codes (B, K), every row summing to 1.
+
+    Q = exp(scores / epsilon), then `num_iters` rounds of: rows of Q^T (prototypes) scaled to sum 1/K
+    over the rows of all ranks, columns (samples) scaled to sum 1/B_total. Sums over samples are
+    all-reduced, so W ranks give the codes one process would give on all their rows. Half precision
+    is promoted to float32; float64 stays float64.
+    """
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    top = scores.max()
+    if dist.world_size() > 1:
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
+    q = torch.exp((scores - top) / epsilon).T  # (K, B); the global max cancels in the normalisations
+    num_prototypes, batch = q.shape
+    total_batch = batch * dist.world_size()
+    q /= dist.all_reduce_sum(q.sum())
+    for _ in range(num_iters):
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= total_batch
+    return (q * total_batch).T
+
+
+def swav_loss(scores, num_crops, crops_for_assign, temperature=0.1, epsilon=0.05, num_iters=3, queue_scores=None,
+              hard=False):
+    """SwAV's swapped prediction for one prototype head; scores (C*n, K) crop-major.
+
+    For each crop a in `crops_for_assign`: codes q_a = sinkhorn of its scores (with `queue_scores[j]`,
+    the j-th assigned crop's queue scores, prepended when given; only the last n rows are kept; one-hot
+    of the row argmax when `hard`), and for every other crop p the cross-entropy
+    -sum_k q_a[i, k] log softmax(scores_p[i] / T)[k], averaged over i and over p; then the mean over a.
+    Returns the loss and the list of codes q_a.
+    """
+    n = scores.shape[0] // num_crops
+    log_probs = F.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature, dim=1)
+    total, codes = 0.0, []
+    for j, a in enumerate(crops_for_assign):
+        assign = scores[a * n:(a + 1) * n].detach()
+        if queue_scores is not None and queue_scores[j] is not None:
+            assign = torch.cat([queue_scores[j].to(assign.dtype), assign])
+        q = sinkhorn(assign, epsilon, num_iters)[-n:]
+        if hard:
+            q = F.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
+        codes.append(q)
+        others = [p for p in range(num_crops) if p != a]
+        total = total + sum(-(q * log_probs[p * n:(p + 1) * n]).sum(dim=1).mean() for p in others) / len(others)
+    return total / len(crops_for_assign), codes
 
 
 class SwAV(Pretrain):
@@ -36,8 +86,8 @@ class SwAV(Pretrain):
                        help="Sinkhorn and loss in float64")
         p.set_defaults(head_hidden_dims=[2048])
 
-    def __init__(self, args, data, device):
-        super().__init__(args, data, device)
+    def __init__(self, args, train, device):
+        super().__init__(args, train, device)
         self.check_crops("crops_for_assign", args.crops_for_assign)
         self.prototypes = prototype_layers(args.embedding_dim, args.num_prototypes)
         # per-rank queue: queue_length rounded down to a multiple of the global batch, split over the ranks
@@ -89,8 +139,8 @@ class SwAV(Pretrain):
             values.update(prototype_monitors(z, self.prototypes, self.args.temperature))
         return values
 
-    def make_optimizer(self):
-        return optim.build_optimizer(self, self.args, {p: self.args.prototypes_lr_scale for p in self.prototypes.parameters()})
+    def lr_scales(self):
+        return {p: self.args.prototypes_lr_scale for p in self.prototypes.parameters()}
 
     def after_backward(self, step):
         if step < self.args.freeze_prototypes_niters:

@@ -145,7 +145,7 @@ def test_fixed_subset_is_the_same_for_a_seed(fmnist):
 
 def test_test_subset_scores_on_the_same_test_images_for_every_seed(fmnist):
     import train
-    from models.base import load_data
+    from data.datasets import load_data
     from utils.config import parse_args
     full = load_dataset("fmnist", None, "test")
     tests = [load_data(parse_args(["--test_subset", "300", "--seed", s], train.PROBLEMS), True, "cpu").test

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import train
 from conftest import HANG, ROOT, TINY, only_run, saved, start_train
 from test_bad_data import folder_run, image_folder
-from models.losses import info_nce_loss, sinkhorn
+from models.simclr import info_nce_loss
+from models.swav import sinkhorn
 from models.memory import init_memory_bank, spherical_kmeans
 from utils import dist
 from utils.errors import UserError
@@ -269,3 +270,24 @@ def test_amp_bf16_on_cpu_trains_with_a_finite_falling_loss(tmp_path):
     loss = pd.read_csv(os.path.join(folder, "logs.csv"))["train_loss"]
     assert loss.notna().all() and (loss < 1e3).all()
     assert loss.iloc[-2:].mean() < loss.iloc[:2].mean() - 0.05
+
+
+@pytest.mark.slow
+def test_the_per_node_launcher_returns_the_runs_result_and_gives_back_what_it_changed(tmp_path):
+    """In-process, as a notebook or a sweep calls train.main: the result of rank 0's run comes back, a failure is
+    a SystemExit with the ranks' code, and the signal handlers and logger level are the caller's again."""
+    import logging
+    import yaml
+    logger = logging.getLogger("torch.multiprocessing.spawn")
+
+    def state():
+        return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), logger.level
+    before = state()
+    launch = ["--dist", "ddp", "--num_proc_per_node", "2", "--dist_address", free_address()]
+    folder, metrics = train.main(PRETRAIN + launch + ["--root", str(tmp_path), "--eval_freq", "0", "--knn_k", "20"])
+    assert folder == str(only_run(tmp_path)) and state() == before
+    done = yaml.safe_load(open(os.path.join(folder, "done.yaml")))
+    assert set(metrics) == {"knn_acc1", "knn_acc5"} and all(done[k] == v for k, v in metrics.items())
+    with pytest.raises(SystemExit) as failed:  # the ranks find no data: each stops with a user's error
+        train.main(PRETRAIN + launch + ["--root", str(tmp_path), "--data", "folder", "--data_root", str(tmp_path / "no")])
+    assert failed.value.code == 2 and state() == before

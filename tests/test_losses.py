@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import info_nce_loss, sinkhorn, swav_loss
+from models.simclr import info_nce_loss
+from models.swav import sinkhorn, swav_loss
 
 
 def plain_info_nce(z, num_crops, temperature):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import nce_loss
+from models.npid import nce_loss
 from models.memory import assign, init_memory_bank, memory_scores, momentum_update, sample_negatives, spherical_kmeans
 
 

@@ -14,15 +14,24 @@ DCV2 = ["--problem", "dcv2", "--num_clusters", "20", "30", "--kmeans_iters", "3"
 SMALL = ["--subset", "256"]  # batch 64: 4 steps an epoch; the resumes below start mid-epoch and then cross into the next
 
 
-def twins(flags):
-    """Two identical untrained models (same seed, same data) of the problem `flags` names, in training mode."""
+def built(flags):
+    """(the untrained model of the problem `flags` names, in training mode; its training images), as a run builds them."""
     from utils.config import parse_args
-    args = parse_args(flags, train.PROBLEMS)
-    models = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        models.append(train.PROBLEMS[args.problem].build(args, torch.device("cpu")).train())
-    return models
+    _, data, model, _, _ = train.build(parse_args(flags, train.PROBLEMS), torch.device("cpu"))
+    return model.train(), data.train
+
+
+def batches(model, data):
+    """The batches of every epoch, as the run makes them for `model` on one process."""
+    from data.loader import TrainBatches
+    return TrainBatches(data, model.args.batch_size, model.args.seed, model.device, crops=model.crops)
+
+
+def twins(flags):
+    """Two identical untrained models (same seed, same data) of the problem `flags` names, in training mode, and
+    their training images."""
+    (a, data), (b, _) = built(flags), built(flags)
+    return a, b, data
 
 
 def interrupted_equals_uninterrupted(tmp_path, args, stop, total):
@@ -54,29 +63,26 @@ def test_npid_resumed_mid_epoch_equals_uninterrupted_with_its_bank_and_z(tmp_pat
 @pytest.mark.parametrize("init", ["random", "network"])
 def test_memory_init_network_puts_the_initial_networks_embeddings_in_the_bank(fmnist, init):
     """The pass before the first step writes each image's training-mode embedding, with the crops the run draws."""
-    filled, twin = twins(NPID + SMALL + ["--memory_init", init])
+    filled, twin, data = twins(NPID + SMALL + ["--memory_init", init])
     random_bank = filled.memory_bank.clone()
-    filled.on_epoch_start(0, filled.train_batches())
+    filled.on_epoch_start(0, batches(filled, data))
     if init == "random":
         assert torch.equal(filled.memory_bank, random_bank)
         return
     with torch.no_grad():  # the twin draws the same batches and crops and embeds them itself
-        for x, _, idx in twin.train_batches().epoch(0):
+        for x, _, idx in batches(twin, data).epoch(0):
             torch.testing.assert_close(filled.memory_bank[idx], twin.embed(twin.augment(x)))
     assert (filled.memory_bank * random_bank).sum(1).abs().mean() < 0.2  # nothing of the random rows is left
     bank = filled.memory_bank.clone()
-    filled.on_epoch_start(1, filled.train_batches())  # once per run, not per epoch
+    filled.on_epoch_start(1, batches(filled, data))  # once per run, not per epoch
     assert torch.equal(filled.memory_bank, bank)
 
 
 @pytest.mark.parametrize("momentum", [1.0, 0.5])
 def test_nce_z_is_the_first_batch_estimate_then_its_moving_average(fmnist, momentum):
     """Z = N mean(exp(scores)) on the first batch; with --nce_z_momentum m < 1 every later batch moves it by (1 - m)."""
-    from utils.config import parse_args
-    args = parse_args(NPID + SMALL + ["--loss_type", "nce", "--nce_z_momentum", str(momentum)], train.PROBLEMS)
-    torch.manual_seed(0)
-    model = train.PROBLEMS["npid"].build(args, torch.device("cpu")).train()
-    images, labels = model.data.train.images, model.data.train.labels
+    model, data = built(NPID + SMALL + ["--loss_type", "nce", "--nce_z_momentum", str(momentum)])
+    images, labels = data.images, data.labels
     estimates = []
     for step, idx in enumerate([torch.arange(64), torch.arange(64, 128), torch.arange(128, 192)]):
         _, logs, out = model(([images[idx].float() / 255], labels[idx], idx), step)  # one view: the whole image
@@ -91,10 +97,10 @@ def test_nce_z_is_the_first_batch_estimate_then_its_moving_average(fmnist, momen
 
 def test_dcv2_first_bank_holds_training_mode_embeddings(fmnist):
     """The pass before the first clustering embeds as the training steps do: batch statistics, the run's crops."""
-    filled, twin = twins(DCV2 + SMALL)
-    filled.fill_bank(filled.train_batches(), 0)
+    filled, twin, data = twins(DCV2 + SMALL)
+    filled.fill_bank(batches(filled, data), 0)
     with torch.no_grad():
-        for slot, (x, _, idx) in enumerate(twin.train_batches().epoch(0)):
+        for slot, (x, _, idx) in enumerate(batches(twin, data).epoch(0)):
             crops = twin.augment(x)
             rows = slice(slot * 64, slot * 64 + 64)
             assert torch.equal(filled.bank_index[rows], idx)

@@ -15,7 +15,7 @@ import train
 from conftest import TINY, saved
 from test_bad_data import refused_line
 from data.augment import Augment, gaussian_blur
-from models.heads import MLP, ScaleBatchNorm1d
+from models.backbones import MLP, ScaleBatchNorm1d
 from models.memory import init_memory_bank
 from utils.config import parse_args
 
@@ -89,10 +89,9 @@ def test_default_conv_init_is_vissls_layer_default(tmp_path, fmnist):
 
 
 def types_data():
-    """A stand-in for the loaded data: what Pretrain reads of it to build the networks."""
+    """A stand-in for the training images: what Pretrain reads of them to build the networks."""
     from types import SimpleNamespace
-    train_set = SimpleNamespace(image_size=28, channels=1, mean=(0.5,), std=(0.5,), labels=torch.zeros(4, dtype=torch.long))
-    return SimpleNamespace(train=train_set)
+    return SimpleNamespace(image_size=28, channels=1, mean=(0.5,), std=(0.5,), labels=torch.zeros(4, dtype=torch.long))
 
 
 def test_a_bank_averaged_over_gpus_has_rows_of_norm_one_over_root_n():

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from conftest import ROOT
-from models.base import Problem
-from utils import seeds
+from models.base import Method
+from utils import checkpoint, seeds
 
 
 def test_a_seed_depends_on_the_seed_the_name_and_the_position_alone():
@@ -30,9 +30,9 @@ def test_a_seed_is_the_same_in_another_process_with_other_string_hashing():
     assert int(out) == seeds.seed_of(7, "crops", 2, "x")
 
 
-def test_a_problems_generators_are_keyed_by_name_not_by_creation_order():
+def test_a_methods_generators_are_keyed_by_name_not_by_creation_order():
     def states(names):
-        problem = Problem(types.SimpleNamespace(seed=3), None, "cpu")
+        problem = Method(types.SimpleNamespace(seed=3), "cpu")
         for name in names:
             problem.generator(name)
         return problem, {name: g.get_state() for name, g in problem.generators.items()}
@@ -40,8 +40,8 @@ def test_a_problems_generators_are_keyed_by_name_not_by_creation_order():
     _, second = states(["negatives", "augment"])
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["augment"], first["negatives"])
-    problem.reseed(100)  # a resume on another number of processes: fresh streams, fixed by the resume step
+    checkpoint.reseed(problem.generators, 3, 100)  # a resume on another number of processes: fresh streams, fixed by the resume step
     resumed = {name: g.get_state() for name, g in problem.generators.items()}
     assert not any(torch.equal(first[k], resumed[k]) for k in first)
-    problem.reseed(100)
+    checkpoint.reseed(problem.generators, 3, 100)
     assert all(torch.equal(resumed[k], g.get_state()) for k, g in problem.generators.items())

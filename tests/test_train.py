@@ -243,3 +243,17 @@ def test_dry_run_prints_every_flag_with_its_source_and_the_schedule_and_writes_n
     out = capsys.readouterr().out
     assert re.search(r"--width +0\.125 +resumed run", out) and re.search(r"--iters +4 +command line", out)
     assert saved(folder)["step"] == 2 and len(os.listdir(tmp_path / "runs")) == 1
+
+
+def test_a_probes_dry_run_reads_sizes_and_runs_no_encoder(runs, capsys, monkeypatch):
+    """configs/fmnist_eval.yaml's recipe, printed without extracting a feature: the encoder is only read."""
+    def no_forward(*_):
+        raise AssertionError("the dry run ran the encoder")
+    monkeypatch.setattr(train, "extract_features", no_forward)
+    monkeypatch.setattr("models.backbones.ResNet.forward", no_forward)
+    config = os.path.join(ROOT, "configs", "fmnist_eval.yaml")
+    train.main(["--config", config, "--encoder_ckpt", runs["pre"], "--subset", "512", "--dry_run", "true",
+                "--root", runs["root"]])
+    out = capsys.readouterr().out
+    assert re.search(r"--opt +'lbfgs' +config", out) and re.search(r"--batch_size +512 +resolved by the problem", out)
+    assert "data: fmnist, 512 training images" in out  # counted, not embedded

@@ -27,7 +27,8 @@ import train
 from data.augment import cut_crops
 from data.datasets import STATS, FolderData
 from data.loader import TrainBatches
-from models.losses import info_nce_loss, sinkhorn
+from models.simclr import info_nce_loss
+from models.swav import sinkhorn
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives, spherical_kmeans
 from utils import dist, seeds
 from utils.config import parse_args
@@ -88,9 +89,8 @@ def step_runner(argv):
     cuts them."""
     args = parse_args(argv, train.PROBLEMS)
     device = dist.pick_device(args.device)
-    model, optimizer, scaler = train.build(args, device)
+    args, data, model, optimizer, scaler = train.build(args, device)
     model.train()
-    data = model.data
     if not hasattr(data.train, "images"):
         raise UserError("step times in-memory datasets (fmnist, cifar, stl10); time folder data with `loader`")
     for group in optimizer.param_groups:
@@ -100,7 +100,7 @@ def step_runner(argv):
     gen, counter = seeds.generator(args.seed, "crop boxes", device=images.device), iter(range(10 ** 9))
 
     def one_step():
-        batch = cut_crops(images, model.crops(), gen), labels, idx  # as the loader yields it
+        batch = cut_crops(images, model.crops, gen), labels, idx  # as the loader yields it
         train.train_step(model, model, optimizer, scaler, batch, next(counter))
     return args, device, model, one_step
 

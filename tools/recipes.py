@@ -17,7 +17,7 @@ import torch.nn as nn
 import train
 from data.loader import steps_per_epoch
 from models.backbones import ResNet
-from models.heads import head_from_args
+from models.backbones import head_from_args
 from utils.config import parse_args
 from utils.optim import lr_at, scale_lr
 

@@ -1,7 +1,7 @@
 """Checkpoints: plain dicts of tensors and Python values, loadable with weights_only=True.
 
-`save` writes a run's state (every rank's random streams and own state included) and the exported
-backbone; `restore` puts a checkpoint back into a model, its optimiser and its scaler.
+`save` writes a run's state (every rank's random streams and own state included), `export_backbone` the backbone
+alone; `restore` puts a checkpoint back into a model, its optimiser and its scaler.
 """
 import argparse
 import os
@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from utils import dist
+from utils import dist, seeds
 from utils.errors import UserError
 
 # where and how a run ran: on --resume these come from the new command line, never from the saved run
@@ -159,17 +159,23 @@ def backbone_weights(ckpt, path):
 
 
 def save(folder, step, total, epoch, args, model, optimizer, scaler, probe=None):
-    """Rank 0 writes checkpoint.pth.tar and backbone.pth; every rank must call it (its streams are gathered).
-    `probe`: the online probe (models.monitors.OnlineProbe), the same on every rank."""
-    per_rank = dist.all_gather_object((rng_state(model.generators), model.rank_state()))
+    """Rank 0 writes checkpoint.pth.tar; every rank must call it: each sends its random streams and own state to rank
+    0 alone (no rank receives another's). `probe`: the online probe (models.monitors.OnlineProbe), alike on every
+    rank. A failed write raises the OSError, naming the file; the checkpoint before it stays intact."""
+    per_rank = dist.gather_object((rng_state(model.generators), model.rank_state()))
     if dist.is_main():
-        common = dict(args=vars(args), backbone_spec=model.backbone_spec)
-        save_atomic(dict(common, step=step, total=total, epoch=epoch, model=model.state_dict(),
-                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+        save_atomic(dict(args=vars(args), backbone_spec=model.backbone_spec, step=step, total=total, epoch=epoch,
+                         model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                          rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank],
                          **(dict(online_probe=probe.state_dict()) if probe else {})),
                     os.path.join(folder, CHECKPOINT))
-        save_atomic(dict(common, backbone=model.backbone.state_dict()), os.path.join(folder, BACKBONE))
+
+
+def export_backbone(folder, args, model):
+    """Rank 0 writes backbone.pth, the backbone alone with the spec that rebuilds it; every rank must call it."""
+    if dist.is_main():
+        save_atomic(dict(args=vars(args), backbone_spec=model.backbone_spec, backbone=model.backbone.state_dict()),
+                    os.path.join(folder, BACKBONE))
     dist.barrier()  # no rank exits (and gets its peers stopped) while rank 0 writes
 
 
@@ -198,8 +204,14 @@ def restore(path, model, optimizer, scaler, probe=None):
         set_rng_state(ckpt["rng"][dist.rank()], model.generators)
         model.load_rank_state(ckpt["rank_state"][dist.rank()])
     else:
-        model.reseed(step)
+        reseed(model.generators, model.args.seed, step)
     return step
+
+
+def reseed(generators, seed, step):
+    """Fresh streams for a resume on another number of processes: still distinct per rank and resume point."""
+    for name, gen in generators.items():
+        gen.manual_seed(seeds.seed_of(seed, name, dist.rank(), "resumed at", step))
 
 
 def shapes(state, prefix=""):

@@ -79,7 +79,10 @@ def total_procs(args):
 
 
 def launch(fn, args):
-    """Run fn(args) in every process of this node, each with its process group and device set; a plain call when not distributed."""
+    """fn(args) in every process of this node, each with its process group and device set; a plain call when not
+    distributed. Returns what fn returns (the local rank 0's, when this launcher spawned the processes); raises
+    Failure when a process fails. Whatever the launcher installs (its signal handlers, a logger's level) is the
+    caller's again when it returns or raises."""
     if under_torchrun():
         local = int(os.environ["LOCAL_RANK"])
         args = _setup(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local, procs_per_node(args), "env://")
@@ -98,26 +101,36 @@ def launch(fn, args):
     nprocs = procs_per_node(args)
     if args.device and args.device.startswith("cuda") and nprocs > torch.cuda.device_count():
         raise UserError(f"--num_proc_per_node {nprocs} is more than the {torch.cuda.device_count()} GPUs here")
-    # Ctrl-C reaches the workers from the terminal and they stop together; SIGTERM sent to this launcher is passed on.
-    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # this launcher says why it stopped them
-    ctx = mp.start_processes(_worker, args=(fn, args, nprocs), nprocs=nprocs, join=False, start_method="spawn")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in ctx.pids()])
+    logger = logging.getLogger("torch.multiprocessing.spawn")
+    handlers, level = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}, logger.level
+    results = mp.get_context("spawn").SimpleQueue()
     try:
+        logger.setLevel(logging.ERROR)  # this launcher says why it stopped the processes
+        ctx = mp.start_processes(_worker, args=(fn, args, nprocs, results), nprocs=nprocs, join=False,
+                                 start_method="spawn")
+        # Ctrl-C reaches the workers from the terminal and they stop together; SIGTERM sent to this launcher is passed on
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGTERM) for p in ctx.pids()])
         while not ctx.join(grace_period=30):  # after a failure, the others get 30 s to stop on their own
             pass
+        return results.get() if not results.empty() else None
     except mp.ProcessExitedException as e:
         failed = args.node_rank * nprocs + e.error_index
         how = f"signal {e.signal_name}" if e.exit_code < 0 else f"exit code {e.exit_code}"
-        if e.exit_code not in (2, LOST_GROUP, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # those printed their own reason
-            print(f"train.py: error: rank {failed} failed ({how}); the other processes of node {args.node_rank} were stopped",
-                  file=sys.stderr)
-        sys.exit(e.exit_code if e.exit_code > 0 else 1)
+        code = e.exit_code if e.exit_code > 0 else 1
+        if code in (2, LOST_GROUP, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # the process said why
+            raise Failure(code=code) from None
+        raise Failure(f"rank {failed} failed ({how}); the other processes of node {args.node_rank} were stopped",
+                      code) from None
     except mp.ProcessRaisedException as e:
         failed = args.node_rank * nprocs + e.error_index
-        print(f"{e}\ntrain.py: error: rank {failed} failed (above); the other processes of node {args.node_rank} were stopped",
-              file=sys.stderr)
-        sys.exit(1)
+        print(e, file=sys.stderr)  # the rank's traceback
+        raise Failure(f"rank {failed} failed (above); the other processes of node {args.node_rank} were stopped") from None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        logger.setLevel(level)
+        results.close()
 
 
 def check_port(address):
@@ -139,11 +152,15 @@ def port_in_use(where):
     return f"{where}: the port is in use on this machine (another run, or another program): choose a free one"
 
 
-def _worker(local_rank, fn, args, nprocs):
+def _worker(local_rank, fn, args, nprocs, results):
+    """A spawned process: fn(args) as rank node_rank x nprocs + local_rank; local rank 0 sends back what fn returns.
+    The process's entry point, so the one place below main() that turns a Failure into an exit code."""
     rank = args.node_rank * nprocs + local_rank
     try:
         args = _setup(args, rank, args.world_size * nprocs, local_rank, nprocs, f"tcp://{args.dist_address}")
-        fn(args)
+        result = fn(args)
+        if local_rank == 0:
+            results.put(result)
     except Failure as e:
         if str(e) and (local_rank == 0 or not isinstance(e, UserError)):  # a user's mistake: once per node
             print(f"train.py: error: {e}", file=sys.stderr)
@@ -240,11 +257,50 @@ def all_reduce_sum(x):
     return x
 
 
+def all_reduce_max(x):
+    if world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
+@torch.no_grad()
+def all_gather_cat(x):
+    """Every rank's `x` (the same shape everywhere), concatenated in rank order; no gradient."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def all_to_all_rows(x):
+    """`x` holds W equal blocks of rows, block s for rank s; returns (W, rows per block, ...): block r of every
+    rank, in rank order, where r is this rank."""
+    w = world_size()
+    x = x.reshape(w, -1, *x.shape[1:])
+    if w == 1:
+        return x
+    out = torch.empty_like(x)
+    dist.all_to_all(list(out.unbind(0)), list(x.contiguous().unbind(0)))
+    return out
+
+
 def all_gather_object(obj):
     if world_size() == 1:
         return [obj]
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_object(obj):
+    """Every rank's `obj`, in rank order, on rank 0 (None on the others): nothing reaches any other rank."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

@@ -1,7 +1,8 @@
 """How a run ends before its last step: a stop signal, a non-finite loss or gradient, or a write that fails.
 
 Each raises a `Failure` whose one line names what happened and which checkpoint is intact; a signal stops every
-rank after the same step (with a checkpoint), the others exit with code 1 and write nothing non-finite.
+rank after the same step (with a checkpoint); a non-finite step or weight fails the run (exit 1) before anything
+non-finite is written.
 """
 import os
 import signal
@@ -54,14 +55,14 @@ class StopFlag:
 
 
 class Stops:
-    """The checks that end a run early. `saved_step` is the step of the newest intact checkpoint (None: none yet);
-    `before_exit` runs before a failure is printed (the progress bar closes); `signals` is the run's StopFlag."""
+    """The checks that end a run early, each by raising `Failure`. `saved_step` is the step of the newest intact
+    checkpoint (None: none yet); `checked` the number of steps known to be finite; `signals` the run's StopFlag."""
 
-    def __init__(self, problem, folder, device, step, resumed, before_exit, signals):
-        self.problem, self.folder, self.before_exit, self.signals = problem, folder, before_exit, signals
+    def __init__(self, problem, folder, device, step, resumed, signals):
+        self.problem, self.folder, self.signals = problem, folder, signals
         # a non-finite loss or gradient since the last check, kept on the device: reading it costs a GPU a sync
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        self.checked_step, self.saved_step = step, step if resumed else None
+        self.checked, self.saved_step = step, step if resumed else None
 
     def watch(self, loss, model, scaler):
         """Note whether this step's loss or gradients are non-finite, without reading the result back."""
@@ -71,9 +72,9 @@ class Stops:
             if grads:
                 self.nonfinite |= ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
 
-    def poll(self, step, loss, out, check):
-        """True when a stop signal reached any rank. With `check`, the steps up to `step` are read for non-finite
-        values too (on every rank together), and a bad one ends the process (exit 1)."""
+    def poll(self, done, loss, out, check):
+        """True when a stop signal reached any rank; `done` steps have run, the last gave `loss` and `out`. With
+        `check`, they are read for non-finite values too (on every rank together): a bad one raises Failure."""
         signalled = self.signals.signal is not None
         bad = check and bool(self.nonfinite)
         if dist.world_size() > 1:  # every rank decides the same: one all-reduce of both flags
@@ -81,17 +82,18 @@ class Stops:
                                  (self.nonfinite & check).float()])
             signalled, bad = (dist.all_reduce_sum(flags) > 0).tolist()
         if bad:
-            self.fail_nonfinite(step, loss, out)
+            self.fail_nonfinite(done - 1, loss, out)
         if check:
-            self.checked_step = step + 1
+            self.checked = done
         return signalled
 
     def signal_number(self):
         return self.signals.signal or signal.SIGTERM  # a rank that got no signal itself stops with its peers
 
     def fail_nonfinite(self, step, loss, out):
-        """Exit 1; the step's tensors go to the run folder when it is the step that turned bad."""
-        if self.checked_step == step:  # every earlier step was checked: this one is the culprit
+        """Raises Failure (exit 1) for step `step` (counted from 0); its tensors go to the run folder when it is the
+        step that turned bad."""
+        if self.checked == step:  # every earlier step was checked: this one is the culprit
             dump = os.path.join(self.folder, f"nonfinite_step{step}_rank{dist.rank()}.pt")
             torch.save(out, dump)
             what = f"{self.problem} loss is {loss.item():g} at step {step}"
@@ -99,22 +101,18 @@ class Stops:
                 what = f"{self.problem} gradients are not finite at step {step} (loss {loss.item():.4g})"
             what += f"; that step's tensors are in {dump}"
         else:
-            what = f"{self.problem} loss or gradients turned non-finite between steps {self.checked_step} and {step}"
-        self.fail(what)
+            what = f"{self.problem} loss or gradients turned non-finite between steps {self.checked} and {step}"
+        raise Failure(f"{what}; {self.last_checkpoint()}")
 
     def check_weights(self, model, step):
-        """Exit 1 before a checkpoint would store a non-finite weight."""
+        """Raises Failure (exit 1) before a checkpoint would store a non-finite weight."""
         weights = [v for v in model.state_dict().values() if torch.is_tensor(v) and v.is_floating_point()]
         if weights and not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):
-            self.fail(f"{self.problem} weights are not finite after step {step}")
+            raise Failure(f"{self.problem} weights are not finite after step {step}; {self.last_checkpoint()}")
 
-    def fail_write(self, e):
-        """A full or failing disk (an OSError naming the file): exit 1; the last checkpoint stays as it was."""
-        self.fail(f"{(e.strerror or str(e)).lower()} while writing {e.filename}")
-
-    def fail(self, what):
-        self.before_exit()
-        raise Failure(f"{what}; {self.last_checkpoint()}")
+    def write_failed(self, e):
+        """The Failure of a full or failing disk (an OSError naming the file): the last checkpoint is as it was."""
+        return Failure(f"{(e.strerror or str(e)).lower()} while writing {e.filename}; {self.last_checkpoint()}")
 
     def last_checkpoint(self):
         if self.saved_step is None:
