@@ -304,7 +304,7 @@ class TrainBatches:
 
     def __init__(self, data, batch_size, seed, device, crops=(), workers=0, rank=0, world_size=1, decode="workers",
                  listed=None):
-        self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, device
+        self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, torch.device(device)
         self.crops, self.workers, self.rank, self.world_size, self.decode = crops, workers, rank, world_size, decode
         self.keys = self.loader = None
         self.unreadable = set()  # indices of the files this process failed to decode since take_unreadable()
