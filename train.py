@@ -12,7 +12,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from data.datasets import FeatureData, load_data
+from data.datasets import FeatureData, FolderData, load_data
 from data.loader import TrainBatches, steps_per_epoch, total_steps, unreadable_list
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval, lbfgs_step, on_validation, take_labelled, through_batch_norm
@@ -75,6 +75,49 @@ def build(args, device):
     optimizer = optim.build_optimizer(model, model.args, model.lr_scales())
     scaler = torch.amp.GradScaler(device.type, enabled=model.args.amp and model.args.amp_dtype == "fp16")  # fp16 only
     return model.args, data, model, optimizer, scaler
+
+
+def data_sized_state(args, data, model, procs):
+    """[(what, bytes on each rank, the flag that shrinks it, on the device or not)] of everything the run holds that
+    grows with its images, on each of `procs` ranks: the method's own (Method.state_bytes), a probe's training
+    features, the features of an evaluation (each rank its share), an image folder's index (host memory)."""
+    d = model.backbone.feat_dim
+    states = [(what, size, flag, True) for what, size, flag in type(model).state_bytes(model.args, len(data.train), procs)]
+    if on_features(args):
+        states.append((f"the probe's training features, {len(data.train)} x {d} float32 on every rank",
+                       4 * len(data.train) * d, "--precompute_features false", True))
+    if args.eval_freq >= 0:
+        rows = -(-len(data.knn_train) // procs) + -(-len(data.test) // procs)
+        states.append((f"an evaluation's features, {len(data.knn_train)} training and {len(data.test)} test images x "
+                       f"{d} float32 shared by the ranks", 4 * rows * d, "more processes, or --eval_freq -1", True))
+    for split, images in (("training", data.train), ("test", data.test)):
+        if isinstance(images, FolderData):
+            size = images.paths.blob.nbytes + images.paths.offsets.nbytes + 8 * len(images)
+            states.append((f"the {split} folder's index of {len(images)} files, host memory of every rank", size, None,
+                           False))
+    return states
+
+
+def size_text(size):
+    """Bytes as a reader takes them in: 15.5 MB, 1.36 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def too_big_for(device, states):
+    """The warning line when the data-sized state on the device exceeds a GPU's memory, else None."""
+    if device.type != "cuda":
+        return None
+    on_device = [s for s in states if s[3]]
+    total, memory = sum(s[1] for s in on_device), torch.cuda.get_device_properties(device).total_memory
+    if total <= memory:
+        return None
+    what, size, flag, _ = max(on_device, key=lambda s: s[1])
+    return (f"warning: each rank's data-sized state needs {size_text(total)}, more than the {size_text(memory)} of "
+            f"{torch.cuda.get_device_name(device)}, before any activation: the largest is {what} ({size_text(size)}; "
+            f"{flag} shrinks it)")
 
 
 def distribute(model, args, device):
@@ -292,7 +335,8 @@ class Run:
         of the backbone's features, test images against the labelled training images; logged and returned."""
         train, test = self.features or self.extract()
         metrics = dict(self.model.evaluate(test))
-        k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t)
+        k1, k5 = knn_accuracy(*train, *test, self.data.test.num_classes, self.args.knn_k, self.args.knn_t,
+                              in_place=self.features is None)  # features extracted for this evaluation alone
         metrics = on_validation(self.args, dict(metrics, knn_acc1=k1, knn_acc5=k5))
         if self.log:
             self.log.row(iter=self.step, epoch=self.step / self.steps_per_epoch, **metrics)
@@ -325,8 +369,9 @@ def open_run(args, signals):
                 checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text))
     if log:
         log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
-        for line in model.warnings():
-            log.print(line)
+        for line in model.warnings() + [too_big_for(device, data_sized_state(args, data, model, dist.world_size()))]:
+            if line:
+                log.print(line)
     return Run(args, data, model, net, optimizer, scaler, probe, folder, log, step, signals)
 
 
@@ -407,6 +452,8 @@ def dry_run(args, sources):
         lines.append(f"{args.opt} group: {len(g['params'])} tensors, {sum(p.numel() for p in g['params'])} parameters, "
                      f"weight decay {g.get('weight_decay', args.weight_decay):g}, lr x {g.get('lr_scale', 1.0):g}, "
                      f"{adapted}")
+    for what, size, flag, _ in data_sized_state(args, data, model, procs):
+        lines.append(f"memory per rank: {what}: {size_text(size)} ({size} bytes)" + (f"; {flag} shrinks it" if flag else ""))
     lines += model.warnings()
     if model.crops:
         lines.append("crops: " + " + ".join(f"{size} px at scale {lo:g}-{hi:g}" for size, (lo, hi) in model.crops))

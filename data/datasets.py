@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils import seeds
+from utils import dist, seeds
 from utils.errors import UserError
 
 FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -83,26 +83,50 @@ def class_folders(root):
     return sorted(names)
 
 
+class PathIndex:
+    """File paths as two arrays, their bytes end to end and where each starts: two objects however many paths. The
+    data loader's worker processes read them without copying (a list of str is written to by every read, through
+    its reference counts, so each worker ends up with its own copy of every page). A path is the bytes the OS gave
+    (os.fsencode), so a name that is not UTF-8 round-trips exactly."""
+
+    def __init__(self, blob, offsets):
+        self.blob, self.offsets = blob, offsets  # uint8 (total bytes,), int64 (n + 1,)
+
+    @classmethod
+    def of(cls, paths):
+        encoded = [os.fsencode(p) for p in paths]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        return os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes())
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def take(self, indices):
+        """The index of the paths at `indices`, in that order."""
+        starts, ends = self.offsets[indices], self.offsets[np.asarray(indices) + 1]
+        return PathIndex.of([self.blob[a:b].tobytes() for a, b in zip(starts, ends)])
+
+
 class FolderData:
     """An ImageFolder: `root/<class>/<image>`. Images are decoded in worker processes; the files in `skip` (a set of
-    absolute paths, e.g. the unreadable ones tools.check_data found) are left out."""
+    absolute paths, e.g. the unreadable ones tools.check_data found) are left out. Under W processes one rank walks
+    the folder and the others receive its index (`share`)."""
 
-    def __init__(self, name, root, image_size=224, skip=frozenset(), classes=None, interpolation="bilinear"):
-        classes = classes or class_folders(root)
-        if not classes:
-            raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
-        samples = []
-        for label, cls in enumerate(classes):
-            for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
-                samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
-                            if f.lower().endswith(IMAGE_EXTENSIONS)
-                            and not (skip and os.path.abspath(os.path.join(dirpath, f)) in skip)]
-        if not samples:
-            raise UserError(f"no image files under {root}")
-        self.name, self.root, self.classes = name, root, classes
-        self.paths = [p for p, _ in samples]
-        self.labels = torch.tensor([l for _, l in samples])
-        self.num_classes, self.channels, self.image_size = len(classes), 3, image_size
+    def __init__(self, name, root, image_size=224, skip=frozenset(), classes=None, interpolation="bilinear",
+                 index=None):
+        if index is None:
+            classes, paths, labels = walk(root, classes, skip)
+            index = classes, PathIndex.of(paths), torch.tensor(labels)
+        self.name, self.root = name, root
+        self.classes, self.paths, self.labels = index
+        self.num_classes, self.channels, self.image_size = len(self.classes), 3, image_size
         self.mean, self.std = STATS[name]
         self.interpolation = interpolation  # of the training crops and the evaluation resize: bilinear or bicubic
 
@@ -112,7 +136,7 @@ class FolderData:
     def subset(self, indices):
         out = object.__new__(FolderData)
         out.__dict__.update(self.__dict__)
-        out.paths = [self.paths[i] for i in indices.tolist()]
+        out.paths = self.paths.take(indices.cpu().numpy())
         out.labels = self.labels[indices]
         return out
 
@@ -122,6 +146,24 @@ class FolderData:
     def load(self, i):
         with Image.open(self.paths[i]) as img:
             return img.convert("RGB")
+
+
+def walk(root, classes=None, skip=frozenset()):
+    """(class names, image paths, their labels) of the folder `root/<class>/...`, in sorted order."""
+    classes = classes or class_folders(root)
+    if not classes:
+        raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls))):
+            found = [os.path.join(dirpath, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            if skip:
+                found = [p for p in found if os.path.abspath(p) not in skip]
+            paths += found
+            labels += [label] * len(found)
+    if not paths:
+        raise UserError(f"no image files under {root}")
+    return classes, paths, labels
 
 
 def _first_existing(dirs, files):
@@ -298,20 +340,28 @@ def folder_root(name, root):
 
 
 def load_folder(name, root, train, skip_list=None, interpolation="bilinear"):
+    """An image folder's split. Under W processes rank 0 walks it (and checks it) and the others receive its index."""
     root = folder_root(name, root)
     split = "train" if train else next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), "val")
     path = os.path.join(root, split)
-    if not os.path.isdir(path):
-        raise UserError(f"{name}: {path} does not exist: expected {root}/train/<class>/... and {root}/val/<class>/...")
-    classes = class_folders(path)
-    if not train and os.path.isdir(os.path.join(root, "train")):  # labels are class indices: both splits must agree
-        train_classes = class_folders(os.path.join(root, "train"))
-        if classes != train_classes:
-            only = sorted(set(classes) ^ set(train_classes))
-            raise UserError(f"{name}: {path} and {root}/train hold different class folders ({len(only)} in one only, "
-                            f"e.g. {only[0] if only else 'the same names in another order'}); the labels would not match")
-    skip = read_image_list(skip_list, root) if skip_list else frozenset()
-    return FolderData(name, path, skip=skip, classes=classes, interpolation=interpolation)
+
+    def index():
+        if not os.path.isdir(path):
+            raise UserError(f"{name}: {path} does not exist: expected {root}/train/<class>/... and {root}/val/<class>/...")
+        classes = class_folders(path)
+        if not train and os.path.isdir(os.path.join(root, "train")):  # labels are class indices: both splits must agree
+            train_classes = class_folders(os.path.join(root, "train"))
+            if classes != train_classes:
+                only = sorted(set(classes) ^ set(train_classes))
+                raise UserError(f"{name}: {path} and {root}/train hold different class folders ({len(only)} in one "
+                                f"only, e.g. {only[0] if only else 'the same names in another order'}); the labels "
+                                f"would not match")
+        skip = read_image_list(skip_list, root) if skip_list else frozenset()
+        classes, paths, labels = walk(path, classes, skip)
+        paths = PathIndex.of(paths)
+        return classes, paths.blob, paths.offsets, torch.tensor(labels)
+    classes, blob, offsets, labels = dist.from_rank_0(index)
+    return FolderData(name, path, interpolation=interpolation, index=(classes, PathIndex(blob, offsets), labels))
 
 
 def load_dataset(name, root, split, skip_list=None, interpolation="bilinear"):

@@ -25,18 +25,20 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """ResNet-50/101/152's block, as torchvision builds it: 1x1 down to `planes`, 3x3 of stride `stride`, 1x1 up to
-    4 x planes, and the shortcut."""
+    """ResNet-50/101/152's and ResNeXt's block, as torchvision builds it: 1x1 down to `groups` x `width_per_group`
+    x planes / 64 channels (planes for a ResNet), a 3x3 of stride `stride` in `groups` groups, 1x1 up to 4 x planes,
+    and the shortcut. Each group keeps at least one channel when a small --width scales planes down."""
 
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, width_per_group=64):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        width = max(1, int(planes * width_per_group / 64)) * groups
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -48,13 +50,15 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
-           "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3]),
-           "resnet152": (Bottleneck, [3, 8, 36, 3])}
+# (block, blocks per stage, groups of the 3x3 convs, channels per group at width 1)
+RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2], 1, 64), "resnet34": (BasicBlock, [3, 4, 6, 3], 1, 64),
+           "resnet50": (Bottleneck, [3, 4, 6, 3], 1, 64), "resnet101": (Bottleneck, [3, 4, 23, 3], 1, 64),
+           "resnet152": (Bottleneck, [3, 8, 36, 3], 1, 64), "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], 32, 4),
+           "resnext101_32x8d": (Bottleneck, [3, 4, 23, 3], 32, 8), "resnext101_64x4d": (Bottleneck, [3, 4, 23, 3], 64, 4)}
 
 
 class ResNet(nn.Module):
-    """torchvision's ResNet blocks and parameter names, every width times `width` (2 = RN50-w2).
+    """torchvision's ResNet and ResNeXt blocks and parameter names, every width times `width` (2 = RN50-w2).
 
     `cifar_stem`: a 3x3 first conv of stride `stem_stride` (1 in the CIFAR recipes) and no max-pool,
     for images of 32 px or so. `stem_padding`: the first conv's zero padding, 1 for the 3x3 stem and 3 for the 7x7
@@ -63,7 +67,7 @@ class ResNet(nn.Module):
 
     def __init__(self, arch="resnet50", width=1.0, cifar_stem=False, in_channels=3, stem_stride=1, stem_padding=None):
         super().__init__()
-        block, layers = RESNETS[arch]
+        block, layers, self.groups, self.width_per_group = RESNETS[arch]
         planes = [max(1, int(round(64 * width * 2 ** i))) for i in range(4)]
         self.inplanes = planes[0]
         if cifar_stem:
@@ -91,9 +95,10 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                                        nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample)]
+        grouped = dict(groups=self.groups, width_per_group=self.width_per_group) if block is Bottleneck else {}
+        layers = [block(self.inplanes, planes, stride, downsample, **grouped)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, **grouped) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x):

@@ -12,7 +12,8 @@ images' backbone features `test` = (features, labels), beside the run's kNN (NPI
 A method holds `args` (the flags it was built with), `device`, `backbone` and `backbone_spec` (the dict that
 rebuilds it: every checkpoint exports both), `crops` (what the loader cuts of each image: (size, (min_scale,
 max_scale)) each), `generators` (its random streams by name, saved per rank), `lr_scales()` ({parameter: factor of the
-scheduled lr}), `uniform_loss` (ln K where K prototypes predict) and `warnings()` (lines for the run's start).
+scheduled lr}), `uniform_loss` (ln K where K prototypes predict), `warnings()` (lines for the run's start) and, on
+its class, `state_bytes(args, images, procs)`: what it holds that grows with the data, per rank of `procs`.
 State every rank holds alike (NPID's bank) goes in `get_extra_state()`, so in the state_dict; state that differs
 per rank (SwAV's queue, DeepCluster-v2's banks) in `rank_state()` / `load_rank_state(state)`.
 The data, the loaders, the kNN evaluation, the online probe and the run's files are the run's (train.py).
@@ -55,6 +56,12 @@ class Method(nn.Module):
 
     def lr_scales(self):
         return {}
+
+    @staticmethod
+    def state_bytes(args, images, procs):
+        """[(what, bytes on each rank, the flag that shrinks it)] of the state that grows with the `images` the run
+        trains on, on each of `procs` ranks: a memory bank, a queue."""
+        return []
 
     def warnings(self):
         return []

@@ -47,6 +47,15 @@ class DeepClusterV2(Pretrain):
                                       device=device)
         self.clustered_epoch = -1
 
+    @staticmethod
+    def state_bytes(args, images, procs):
+        slots = steps_per_epoch(images, args.batch_size) * (args.batch_size // procs)
+        return [(f"DeepCluster-v2's banks, {len(args.crops_for_mb)} x {slots} x {args.embedding_dim} float32 per rank "
+                 f"(an epoch of its images)", 4 * len(args.crops_for_mb) * slots * args.embedding_dim + 8 * slots,
+                 "--crops_for_mb"),
+                (f"DeepCluster-v2's cluster assignments, {len(args.num_clusters)} x {images} int64 on every rank",
+                 8 * len(args.num_clusters) * images, "fewer --num_clusters heads")]
+
     @property
     def uniform_loss(self):
         return sum(math.log(k) for k in self.args.num_clusters) / len(self.args.num_clusters)

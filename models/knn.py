@@ -38,29 +38,36 @@ def shard(n):
 def extract_features(backbone, data, device, batch_size=512, workers=0, autocast=contextlib.nullcontext):
     """(features, labels) of this rank's share of the images of `data` (`shard`), in order, un-augmented, the
     backbone in eval mode: float32 features on `device`."""
-    feats, labels = [], []
+    mine = shard(len(data))
+    feats = torch.empty(len(mine), backbone.feat_dim, device=device)  # filled in place: no second copy at the end
+    labels = torch.empty(len(mine), dtype=torch.long, device=device)
+    done = 0
     with eval_mode(backbone):
-        for x, y in eval_batches(data, batch_size, device, workers, indices=shard(len(data))):
+        for x, y in eval_batches(data, batch_size, device, workers, indices=mine):
             with autocast():
-                feats.append(backbone(eval_view(x, data.mean, data.std)).float())
-            labels.append(y)
-    if not feats:  # more ranks than images
-        return torch.zeros(0, backbone.feat_dim, device=device), torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(feats), torch.cat(labels)
+                feats[done:done + len(x)] = backbone(eval_view(x, data.mean, data.std)).float()
+            labels[done:done + len(x)] = y
+            done += len(x)
+    return feats, labels
 
 
 def top_k(sims, k):
-    """(values, columns) of the k largest entries of each row of `sims`; of equal values, the lower columns."""
-    values, columns = sims.topk(k, dim=1)
-    kth = values[:, -1:]
-    tied = ((sims >= kth).sum(1) > k).nonzero()[:, 0]  # rows where equal values straddle the k-th place
-    if len(tied):
-        s, t = sims[tied], kth[tied]
+    """(values, columns) of the k largest entries of each row of `sims`; of equal values, the lower columns. No
+    temporary the size of `sims`: a tie straddles the k-th place only where the (k+1)-th value equals the k-th."""
+    if k >= sims.shape[1]:
+        return sims.topk(k, dim=1)
+    values, columns = sims.topk(k + 1, dim=1)
+    tied = (values[:, k - 1] == values[:, k]).nonzero()[:, 0]
+    values, columns = values[:, :k], columns[:, :k]
+    step = max(1, len(sims) // 32)  # rows at a time: their int64 running counts stay a quarter of `sims`
+    for lo in range(0, len(tied), step):
+        rows = tied[lo:lo + step]
+        s, t = sims[rows], values[rows, k - 1:]
         equal = s == t
         need = k - (s > t).sum(1, keepdim=True)
         keep = (s > t) | (equal & (equal.cumsum(1) <= need))
-        cols = keep.nonzero()[:, 1].view(len(tied), k)
-        columns[tied], values[tied] = cols, s.gather(1, cols)
+        cols = keep.nonzero()[:, 1].view(len(rows), k)
+        columns[rows], values[rows] = cols, s.gather(1, cols)
     return values, columns
 
 
@@ -72,34 +79,50 @@ def merge(values, index, labels, k):
     return values.gather(1, order), labels.gather(1, order)
 
 
+def normalize_(x, eps=1e-12):
+    """F.normalize(x, dim=1) in place, bit for bit: no second copy of a rank's features."""
+    return x.div_(x.norm(dim=1, keepdim=True).clamp_min_(eps))
+
+
+def nearest_of_mine(queries, train_feats, train_labels, index, n_train, kk):
+    """(values, global rows, labels), each (queries, kk): the kk training rows of this rank most similar to each
+    query, padded (-inf, row n_train) where the rank holds fewer. A function of its own, so that the round's
+    similarities are freed before the next round's are made."""
+    device = train_feats.device
+    values = torch.full((len(queries), kk), -float("inf"), device=device)
+    rows = torch.full((len(queries), kk), n_train, dtype=torch.long, device=device)  # padding: never chosen
+    labels = torch.zeros_like(rows)
+    if len(train_feats):
+        v, c = top_k(queries @ train_feats.T, min(kk, len(train_feats)))
+        values[:, :c.shape[1]], rows[:, :c.shape[1]], labels[:, :c.shape[1]] = v, index[c], train_labels[c]
+    return values, rows, labels
+
+
 @torch.no_grad()
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k=200, t=0.07, queries=1024):
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k=200, t=0.07, queries=1024,
+                 block=2 ** 22, in_place=False):
     """Top-1 and top-5 accuracy (%) of the test images: their k most cosine-similar training images vote with
     weight exp(sim / t). Each rank passes its share (`shard`) of the training and of the test features; a round
-    scores `queries` test rows, from every rank, against every rank's training rows."""
+    scores up to `queries` test rows, from every rank, against every rank's training rows, fewer where a round's
+    similarities would pass `block` floats on a rank (16 MB: a constant, whatever N). `in_place`: the training
+    features are normalised where they are (the caller's features are then changed; no copy of them is made)."""
     w, device = dist.world_size(), train_feats.device
-    train_feats = F.normalize(train_feats, dim=1)
+    train_feats = normalize_(train_feats) if in_place else F.normalize(train_feats, dim=1)
     local = torch.tensor([len(train_feats), len(test_feats)], device=device)
     n_train, n_test = dist.all_reduce_sum(local).tolist()
     most_train, most_test = dist.all_reduce_max(local).tolist()
     k = min(k, n_train)
     kk = min(k, most_train)  # the candidates each rank sends per query, padded where it holds fewer rows
-    per_rank = max(1, queries // w)
+    per_rank = max(1, min(queries, block // max(1, most_train)) // w)
     index = torch.arange(len(train_feats), device=device) * w + dist.rank()  # the global row numbers
     correct = torch.zeros(2, dtype=torch.long, device=device)
     for lo in range(0, most_test, per_rank):  # every rank takes part in every round
         q = F.normalize(test_feats[lo:lo + per_rank], dim=1)
         padded = torch.zeros(per_rank, test_feats.shape[1], device=device)
         padded[:len(q)] = q
-        sims = dist.all_gather_cat(padded) @ train_feats.T  # this round's queries of every rank, against my rows
-        values = torch.full((len(sims), kk), -float("inf"), device=device)
-        rows = torch.full((len(sims), kk), n_train, dtype=torch.long, device=device)  # padding: never chosen
-        labels = torch.zeros_like(rows)
-        if len(train_feats):
-            v, c = top_k(sims, min(kk, len(train_feats)))
-            values[:, :c.shape[1]], rows[:, :c.shape[1]], labels[:, :c.shape[1]] = v, index[c], train_labels[c]
+        candidates = nearest_of_mine(dist.all_gather_cat(padded), train_feats, train_labels, index, n_train, kk)
         # the candidates for each query go to the rank that owns it: (per_rank, W * kk) there
-        values, rows, labels = (dist.all_to_all_rows(x).transpose(0, 1).flatten(1) for x in (values, rows, labels))
+        values, rows, labels = (dist.all_to_all_rows(x).transpose(0, 1).flatten(1) for x in candidates)
         sim, nn_labels = merge(values, rows, labels, k)
         votes = torch.zeros(len(sim), num_classes, device=device)
         votes.scatter_add_(1, nn_labels, torch.exp(sim / t))
@@ -117,6 +140,6 @@ def bank_knn(head, memory_bank, bank_labels, test, num_classes, k, t, autocast):
     against the memory bank (every rank holds all of it and votes with its share of the rows)."""
     with eval_mode(head), autocast():
         v = head(test[0])
-    rows = shard(len(memory_bank)).to(memory_bank.device)
-    k1, k5 = knn_accuracy(memory_bank[rows], bank_labels[rows], v.float(), test[1], num_classes, k, t)
+    mine = slice(dist.rank(), None, dist.world_size())  # this rank's share, a view: no copy of the bank
+    k1, k5 = knn_accuracy(memory_bank[mine], bank_labels[mine], v.float(), test[1], num_classes, k, t)
     return dict(bank_knn_acc1=k1, bank_knn_acc5=k5)

@@ -70,6 +70,11 @@ class NPID(Pretrain):
         self.bank_labels = train.labels if (train.labels >= 0).all() else None  # a bank of unlabelled images: no kNN
         self.num_classes = train.num_classes
 
+    @staticmethod
+    def state_bytes(args, images, procs):
+        return [(f"NPID's memory bank, {images} x {args.embedding_dim} float32 on every rank",
+                 4 * images * args.embedding_dim, "--embedding_dim")]
+
     def get_extra_state(self):  # in state_dict, so in the checkpoint; not a buffer, so DDP never broadcasts it
         return dict(memory_bank=self.memory_bank, z_const=float(self.z_const), memory_filled=self.memory_filled)
 

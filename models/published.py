@@ -13,8 +13,10 @@ import torch
 
 from models.backbones import RESNETS
 
-# a ResNet's depth from its blocks per stage and its block (Bottleneck blocks have a conv3)
-DEPTHS = {(tuple(layers), block.__name__ == "Bottleneck"): arch for arch, (block, layers) in RESNETS.items()}
+# a ResNet's depth from its blocks per stage and its block (Bottleneck blocks have a conv3), and its groups of the 3x3
+# convs (a ResNeXt's) from the first block's conv2
+DEPTHS = {(tuple(layers), block.__name__ == "Bottleneck", groups): arch
+          for arch, (block, layers, groups, _) in RESNETS.items()}
 BACKBONE_KEY = re.compile(r"(conv1|bn1|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\.(weight|bias|running_mean|"
                           r"running_var|num_batches_tracked)$")
 
@@ -106,18 +108,21 @@ def describe(ckpt):
 
 
 def infer_spec(weights):
-    """The backbone spec of models/backbones.py that a torchvision-named ResNet state dict fits, or the reason none
-    does: the depth from the blocks per stage and the block, the width from the stem's channels, the CIFAR stem from
-    its kernel."""
+    """The backbone spec of models/backbones.py that a torchvision-named ResNet or ResNeXt state dict fits, or the
+    reason none does: the depth from the blocks per stage and the block, a ResNeXt from its grouped 3x3 convs, the
+    width from the stem's channels, the CIFAR stem from its kernel."""
     conv1 = weights.get("conv1.weight")
     if conv1 is None or conv1.dim() != 4:
         return None, "it has no conv1.weight of a ResNet stem"
     blocks = [len({k.split(".")[1] for k in weights if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
     bottleneck = "layer1.0.conv3.weight" in weights
-    arch = DEPTHS.get((tuple(blocks), bottleneck))
+    conv2 = weights.get("layer1.0.conv2.weight")
+    groups = conv2.shape[0] // conv2.shape[1] if conv2 is not None and conv2.dim() == 4 and conv2.shape[1] else 1
+    arch = DEPTHS.get((tuple(blocks), bottleneck, groups))
     if arch is None:
-        return None, (f"its stages have {blocks} {'Bottleneck' if bottleneck else 'BasicBlock'} blocks, which no ResNet "
-                      f"this repo builds has ({', '.join(RESNETS)})")
+        grouped = f", 3x3 convs in {groups} groups," if groups > 1 else ""
+        return None, (f"its stages have {blocks} {'Bottleneck' if bottleneck else 'BasicBlock'} blocks{grouped} which no "
+                      f"ResNet or ResNeXt this repo builds has ({', '.join(RESNETS)})")
     kernel = conv1.shape[-1]
     if kernel not in (3, 7):
         return None, f"its stem is a {kernel}x{kernel} conv (this repo builds 7x7 or 3x3)"

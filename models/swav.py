@@ -96,6 +96,14 @@ class SwAV(Pretrain):
         self.queue_filled = 0  # rows written; the queue joins Sinkhorn once they reach its length
         self.queue_on = False
 
+    @staticmethod
+    def state_bytes(args, images, procs):
+        rows = (args.queue_length - args.queue_length % args.batch_size) // procs
+        if not rows:
+            return []
+        return [(f"SwAV's queue, {len(args.crops_for_assign)} x {rows} x {args.embedding_dim} float32 per rank",
+                 4 * len(args.crops_for_assign) * rows * args.embedding_dim, "--queue_length")]
+
     def on_epoch_start(self, epoch, batches):
         self.queue_on = self.queue.shape[1] > 0 and epoch >= self.args.epoch_queue_starts
 

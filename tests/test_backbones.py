@@ -43,7 +43,7 @@ def test_every_problem_trains_and_probes_a_custom_regnet(tmp_path, problem):
     assert probe["knn_acc1"] == metrics["knn_acc1"] and probe["knn_acc5"] == metrics["knn_acc5"]
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d"])
 def test_resnets_compute_torchvisions_features_from_the_same_weights(arch):
     """The repo's own blocks keep torchvision's names and operations: its weights load and give its features."""
     from models.backbones import ResNet
@@ -56,3 +56,35 @@ def test_resnets_compute_torchvisions_features_from_the_same_weights(arch):
         expected = torch.flatten(theirs.avgpool(theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(
             theirs.maxpool(theirs.relu(theirs.bn1(theirs.conv1(x))))))))), 1)
         assert torch.equal(ours(x), expected)
+
+
+def test_a_resnext_state_dict_is_read_as_its_arch_and_a_misfit_is_one_reason():
+    """torchvision's and timm's ResNeXt files (their names are the ResNet's): the groups come from the 3x3 convs."""
+    from models import published
+    from models.backbones import build_backbone
+    state = torchvision.models.resnext50_32x4d().state_dict()
+    found = published.convert(state)
+    assert found.layout == "torchvision / timm" and found.problem is None
+    assert found.spec["arch"] == "resnext50_32x4d" and found.spec["width"] == 1
+    build_backbone(found.spec).load_state_dict(found.weights)  # every tensor fits
+    odd = dict(state, **{"layer1.0.conv2.weight": torch.zeros(128, 8, 3, 3)})  # 16 groups: no ResNeXt of this repo
+    assert "3x3 convs in 16 groups" in published.convert(odd).problem
+
+
+def test_a_small_width_keeps_a_channel_in_every_group():
+    from models.backbones import ResNet
+    net = ResNet("resnext50_32x4d", width=0.125, cifar_stem=True, in_channels=1)
+    assert net.layer1[0].conv2.groups == 32 and net.layer1[0].conv2.in_channels == 32
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, net.feat_dim) == (2, 256)
+
+
+def test_a_resnext_pretrains_probes_fine_tunes_and_exports(tmp_path):
+    arch = ["--arch", "resnext50_32x4d", "--iters", "2", "--knn_k", "20", "--root", str(tmp_path)]
+    folder, metrics = train.main(TINY + arch + ["--problem", "simclr"])
+    spec = saved(folder, "backbone.pth")["backbone_spec"]
+    assert spec["arch"] == "resnext50_32x4d" and spec["width"] == 0.125
+    probe = ["--encoder_ckpt", folder, "--subset", "512", "--knn_k", "20", "--root", str(tmp_path), "--test_subset", "1000"]
+    _, probed = train.main(["--problem", "eval", "--epochs", "1"] + probe)
+    assert probed["knn_acc1"] == metrics["knn_acc1"]  # the backbone rebuilt from backbone.pth's spec and weights
+    tuned, _ = train.main(["--problem", "finetune", "--iters", "2", "--batch_size", "64"] + probe)
+    assert saved(tuned)["backbone_spec"]["arch"] == "resnext50_32x4d"

@@ -112,7 +112,7 @@ def test_evaluation_replaces_an_unreadable_image_by_its_neighbour_with_a_warning
     data = load_dataset("folder", str(image_folder(tmp_path, broken={"val/a/zz_bad.jpg": "random"})), "test")
     ((x, y),) = list(eval_batches(data, 16, "cpu", size=16))
     assert len(x) == 9 and x.float().std() > 10
-    zz = data.paths.index(str(tmp_path / "val" / "a" / "zz_bad.jpg"))
+    zz = list(data.paths).index(str(tmp_path / "val" / "a" / "zz_bad.jpg"))
     assert torch.equal(x[zz], x[zz + 1]) and y[zz] == y[zz + 1]  # the next image, and its label
     assert "warning: 1 images of" in capsys.readouterr().err
 

@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from data.loader import TrainBatches
 from models.simclr import info_nce_loss
 from models.swav import sinkhorn
 from models.memory import init_memory_bank, memory_scores, momentum_update, sample_negatives, spherical_kmeans
-from utils import dist, seeds
+from utils import dist, optim, seeds
 from utils.config import parse_args
 from utils.errors import UserError
 
@@ -300,7 +301,187 @@ def scale(argv):
     return rows, device, result
 
 
-MODES = {"step": step, "loader": loader, "scale": scale}
+# -------------------------------------------------------------------------------------------- memory
+
+def rss_and_peak():
+    """(resident bytes now, peak resident bytes since the last reset_peak) of this process (Linux)."""
+    status = open("/proc/self/status").read()
+    kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.splitlines()) if k in ("VmRSS", "VmHWM")}
+    return 1024 * kb["VmRSS"], 1024 * kb["VmHWM"]
+
+
+def reset_peak():
+    """Start the peak resident memory afresh (Linux: `echo 5 > /proc/self/clear_refs`)."""
+    import gc
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def growth(fn):
+    """The peak resident memory fn() adds to this process, in bytes."""
+    reset_peak()
+    before, _ = rss_and_peak()
+    fn()
+    return rss_and_peak()[1] - before
+
+
+def _memory_rank(rank, world, init, method, sizes, test_images, channels, side, out):
+    """One of `world` gloo ranks: for each N of `sizes`, the method built on N synthetic images with a raw-pixel
+    backbone of channels x side x side features, its per-rank state filled; the peak memory a final evaluation and a
+    checkpoint add to this process."""
+    import tempfile
+    from data.datasets import ArrayData
+    from models.backbones import Pixels, head_from_args
+    from utils.stops import StopFlag
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    rows = []
+    for n in [sizes[0]] + list(sizes):  # the first a warm-up: one-time buffers (gloo's, BLAS's) are not N's
+        gen = torch.Generator().manual_seed(n)
+        train_set, test = (ArrayData("fmnist", torch.randint(0, 256, (m, channels, side, side), dtype=torch.uint8,
+                                                             generator=gen), torch.randint(0, 10, (m,), generator=gen), 10)
+                           for m in (n, test_images))
+        data = types.SimpleNamespace(train=train_set, test=test, knn_train=train_set)
+        flags = ["--problem", method, "--arch", "resnet18", "--width", "0.125", "--batch_size", str(64 * world),
+                 "--knn_k", "20"]
+        flags += {"swav": ["--queue_length", str(3840 * world), "--head_hidden_dims", "64"],
+                  "dcv2": ["--num_clusters", "30", "--head_hidden_dims", "64"]}.get(method, [])
+        args = parse_args(flags, train.PROBLEMS)
+        torch.manual_seed(0)
+        model = train.METHODS[method](args, train_set, torch.device("cpu"))
+        model.backbone = Pixels(channels, side)  # a wide feature at no cost: the raw pixels
+        model.head = head_from_args(args, model.backbone.feat_dim)
+        for value in model.rank_state().values():  # banks and queues as full as a run's
+            if torch.is_tensor(value):
+                value.copy_(torch.randint(0, len(train_set), value.shape, generator=gen).to(value.dtype))
+        optimizer = optim.build_optimizer(model, args)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        with tempfile.TemporaryDirectory() as folder, StopFlag() as signals:
+            run = train.Run(args, data, model, model, optimizer, scaler, None, folder, None, 0, signals)
+            evaluation = growth(run.evaluate)
+            saving = growth(run.save)
+        rows.append(dict(rank=rank, world=world, method=method, n=n, dim=model.backbone.feat_dim, evaluation=evaluation,
+                         checkpoint=saving))
+        del run, model, optimizer, data, train_set, test
+    torch.save(rows[1:], os.path.join(out, f"{method}_{world}_{rank}.pt"))
+    torch.distributed.barrier()
+    dist.shutdown()
+
+
+def slope(points):
+    """The least-squares slope of y over x of (x, y) points."""
+    x, y = np.array(points, dtype=np.float64).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def memory(argv):
+    p = argparse.ArgumentParser(prog="python -m tools.benchmark memory")
+    p.add_argument("--methods", nargs="+", default=["simclr", "swav", "npid", "dcv2"])
+    p.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4], help="gloo processes")
+    p.add_argument("--sizes", type=int, nargs="+", default=[16_000, 32_000, 64_000], help="training images N")
+    p.add_argument("--test_images", type=int, default=1000, help="test images, the same for every N")
+    p.add_argument("--channels", type=int, default=1, help="synthetic image channels: features of channels x side^2")
+    p.add_argument("--side", type=int, default=32)
+    args = p.parse_args(argv)
+    import tempfile
+    import torch.multiprocessing as mp
+    rows, result = [], {}
+    dim = args.channels * args.side ** 2
+    # every large block from mmap and back to the system when freed: glibc's moving threshold would otherwise keep
+    # freed blocks resident and hide what the next phase adds (the ranks inherit this)
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    for method in args.methods:
+        for world in args.worlds:
+            with tempfile.TemporaryDirectory() as out:
+                init = f"file://{out}/init"
+                mp.spawn(_memory_rank, args=(world, init, method, args.sizes, args.test_images, args.channels, args.side,
+                                             out), nprocs=world)
+                found = [row for r in range(world) for row in torch.load(os.path.join(out, f"{method}_{world}_{r}.pt"))]
+            for phase in ("evaluation", "checkpoint"):
+                for who, ranks in (("rank 0", [0]), ("other ranks", list(range(1, world)))):
+                    if not ranks:
+                        continue
+                    peaks = {n: max(r[phase] for r in found if r["n"] == n and r["rank"] in ranks) for n in args.sizes}
+                    per_image = slope(list(peaks.items()))
+                    ideal = 4 * dim / world  # the rank's share of the N training images' features: N D 4 / W
+                    key = f"{method} W={world} {phase} {who}"
+                    result[key] = dict(peaks=peaks, bytes_per_image=per_image, of_the_share=per_image / ideal)
+                    rows.append(f"memory: {key}: peak added {', '.join(f'{size_text(v)} at N={n}' for n, v in peaks.items())}"
+                                f"; slope {per_image:.0f} B per image per rank"
+                                + (f" = {per_image / ideal:.2f} x the rank's share of the features" if phase == "evaluation"
+                                   else ""))
+    return rows, torch.device("cpu"), result
+
+
+def size_text(size):
+    return train.size_text(size)
+
+
+# --------------------------------------------------------------------------------------------- index
+
+class _PathLengths(torch.utils.data.Dataset):
+    """A stand-in for decoding: each item reads its path, as the loader's workers do, and returns its length."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return len(self.paths[i])
+
+
+def private_and_pss(pid):
+    """(private bytes, proportional set size) of process `pid` (Linux smaps_rollup)."""
+    fields = {}
+    for line in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = 1024 * int(value.split()[0])
+    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
+
+
+def index(argv):
+    p = argparse.ArgumentParser(prog="python -m tools.benchmark index")
+    p.add_argument("--paths", type=int, default=1_000_000, help="empty image files to make and index")
+    p.add_argument("--root", default="/dev/shm/ssl_index", help="where to make them (a tmpfs: no disk in the timing)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers that read every path once")
+    args = p.parse_args(argv)
+    train_dir = os.path.join(args.root, "train")
+    per_class = 1000
+    classes = -(-args.paths // per_class)
+    if not os.path.isdir(train_dir) or len(os.listdir(train_dir)) != classes:
+        for c in range(classes):
+            folder = os.path.join(train_dir, f"n{c:08d}")
+            os.makedirs(folder, exist_ok=True)
+            for i in range(min(per_class, args.paths - c * per_class)):
+                open(os.path.join(folder, f"n{c:08d}_{i}.JPEG"), "wb").close()
+    start = time.perf_counter()
+    data = FolderData("folder", train_dir)
+    seconds = time.perf_counter() - start
+    rows = [f"index: {len(data)} files in {classes} class folders indexed in {seconds:.1f} s "
+            f"({len(data) / seconds:.0f} files/s); the index holds {size_text(data.paths.blob.nbytes + data.paths.offsets.nbytes + 8 * len(data))}"]
+    result = dict(files=len(data), index_seconds=seconds)
+    for holder, paths in (("a list of str", list(data.paths)), ("PathIndex", data.paths)):
+        loader = torch.utils.data.DataLoader(_PathLengths(paths), batch_size=1024, shuffle=True,
+                                             num_workers=args.workers, persistent_workers=True)
+        for _ in loader:  # one epoch: every path read once, in random order
+            pass
+        workers = [w.pid for w in loader._iterator._workers]
+        main_private, main_pss = private_and_pss(os.getpid())
+        mine = [private_and_pss(pid) for pid in workers]
+        worker_private = sum(m[0] for m in mine)
+        pss = main_pss + sum(m[1] for m in mine)
+        rows.append(f"index: paths as {holder}, after an epoch with {args.workers} workers: the workers' private memory "
+                    f"{size_text(worker_private)} ({size_text(worker_private / max(1, args.workers))} each), the "
+                    f"rank and its workers {size_text(pss)} in all (PSS)")
+        result[holder] = dict(worker_private=worker_private, pss=pss)
+        del loader
+    return rows, torch.device("cpu"), result
+
+
+MODES = {"step": step, "loader": loader, "scale": scale, "memory": memory, "index": index}
 
 
 def main(argv=None):

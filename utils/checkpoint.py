@@ -162,7 +162,7 @@ def save(folder, step, total, epoch, args, model, optimizer, scaler, probe=None)
     """Rank 0 writes checkpoint.pth.tar; every rank must call it: each sends its random streams and own state to rank
     0 alone (no rank receives another's). `probe`: the online probe (models.monitors.OnlineProbe), alike on every
     rank. A failed write raises the OSError, naming the file; the checkpoint before it stays intact."""
-    per_rank = dist.gather_object((rng_state(model.generators), model.rank_state()))
+    per_rank = dist.gather_to_0((rng_state(model.generators), model.rank_state()))
     if dist.is_main():
         save_atomic(dict(args=vars(args), backbone_spec=model.backbone_spec, step=step, total=total, epoch=epoch,
                          model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),

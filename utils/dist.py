@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -302,6 +303,98 @@ def gather_object(obj):
     out = [None] * world_size() if is_main() else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+class _Slot:
+    """Where a tensor was in a structure `gather_to_0` sends: its number, dtype and shape."""
+
+    def __init__(self, i, dtype, shape):
+        self.i, self.dtype, self.shape = i, dtype, shape
+
+
+def gather_to_0(obj):
+    """Every rank's `obj` (dicts, lists and tuples of tensors and small values, of one structure on every rank), in
+    rank order, on rank 0; None on the others, which receive nothing. The tensors travel as their bytes through host
+    memory, unpickled: rank 0 holds each rank's tensors once (pickling them would hold each three times)."""
+    if world_size() == 1:
+        return [obj]
+    tensors = []
+
+    def strip(x):
+        if torch.is_tensor(x):
+            tensors.append(x.detach().cpu().contiguous().view(-1).view(torch.uint8))
+            return _Slot(len(tensors) - 1, x.dtype, tuple(x.shape))
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(strip(v) for v in x)
+        return x
+    skeletons = gather_object(strip(obj))
+    longest = all_reduce_max(torch.tensor([len(t) for t in tensors], dtype=torch.long)).tolist()
+    received = []
+    for t, size in zip(tensors, longest):
+        sent = t if len(t) == size else torch.cat([t, t.new_zeros(size - len(t))])  # equal sizes for the gather
+        parts = [torch.empty(size, dtype=torch.uint8) for _ in range(world_size())] if is_main() else None
+        dist.gather(sent, parts, dst=0, group=host_group())
+        received.append(parts)
+    if not is_main():
+        return None
+
+    def fill(x, r):
+        if isinstance(x, _Slot):
+            buffer = received[x.i][r]
+            size = torch.Size(x.shape).numel() * torch.empty((), dtype=x.dtype).element_size()
+            bytes_ = buffer if size == len(buffer) else buffer[:size].clone()  # (a save would keep all the padding)
+            return bytes_.view(x.dtype).view(x.shape)
+        if isinstance(x, dict):
+            return {k: fill(v, r) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(fill(v, r) for v in x)
+        return x
+    return [fill(skeleton, r) for r, skeleton in enumerate(skeletons)]
+
+
+_host_group = None
+
+
+def host_group():
+    """A process group over every rank that moves host memory (gloo): the default group's NCCL would stage each
+    tensor through GPU memory. Made on first use; every rank must ask for it at the same point."""
+    global _host_group
+    if _host_group is None:
+        _host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _host_group
+
+
+def from_rank_0(make):
+    """make() on rank 0 alone and its result on every rank: the others wait for it rather than repeat it. The result
+    is a tuple of small picklable values and of tensors or numpy arrays of any size, which travel as they are. A
+    Failure raised by make() is raised on every rank."""
+    if world_size() == 1:
+        return make()
+    result = header = None  # the header: what each part of the result is, or rank 0's failure
+    if is_main():
+        try:
+            result = make()
+            header = [("tensor", x.dtype, tuple(x.shape)) if torch.is_tensor(x) else ("array", x.dtype, x.shape)
+                      if isinstance(x, np.ndarray) else ("value", x) for x in result]
+        except Failure as e:
+            header = (type(e), str(e), e.code)
+    header = broadcast_object(header)
+    if isinstance(header, tuple):
+        kind, message, code = header
+        raise kind(message, code)
+    out = []
+    for i, (kind, *rest) in enumerate(header):
+        if kind == "value":
+            out.append(rest[0])
+            continue
+        dtype, shape = rest
+        x = result[i] if is_main() else (torch.empty(shape, dtype=dtype) if kind == "tensor" else np.empty(shape, dtype))
+        if x.size if kind == "array" else x.numel():  # (a numpy array's view shares its memory: it receives in place)
+            dist.broadcast((x if kind == "tensor" else torch.from_numpy(x)).contiguous(), src=0, group=host_group())
+        out.append(x)
+    return tuple(out)
 
 
 def broadcast(x):
