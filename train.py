@@ -218,7 +218,8 @@ class Run:
         shards = 1 if on_features(args) else dist.world_size()
         self.batches = TrainBatches(train, args.batch_size, args.seed, model.device, crops=model.crops,
                                     workers=args.workers, rank=dist.rank() if shards > 1 else 0, world_size=shards,
-                                    decode=args.decode, listed=unreadable_list(train, folder, args.max_unreadable))
+                                    decode=args.decode, listed=unreadable_list(train, folder, args.max_unreadable),
+                                    draft=args.draft_decode)
         self.done, self.stopped_by, self.lr = step >= self.total or not self.trains, None, 0.0
         monitored = getattr(args, "monitors", False)  # (eval and finetune have none)
         self.progress = Progress(args, log, step, self.total, self.steps_per_epoch, self.full_batch, model.device,

@@ -77,21 +77,22 @@ def crop_boxes(height, width, crops, gen):
     return sample_boxes(len(crops), height, width, scales, ASPECT, gen).tolist()
 
 
-def decode_for_crops(path, crops, gen):
+def decode_for_crops(path, crops, gen, draft=True):
     """(pixels, boxes): the decoded RGB image as a uint8 (H, W, 3) tensor and the boxes (x0, y0, x1, y1) of the
     crops of one image file, in its pixels.
 
-    The boxes are drawn from the header's size first, so a JPEG can be decoded at the smallest DCT scale (1/2,
-    1/4, 1/8) that still gives every box at least as many pixels as its crop (PIL's draft mode): the crops come out
-    the same (within JPEG error), from a decode that costs a fraction of the full one. A JPEG that needs its full
-    size is decoded by TorchCodec (libjpeg-turbo, the same pixels as PIL's, in less time); other formats by PIL.
+    The boxes are drawn from the header's size first, so that with `draft` a JPEG can be decoded at the smallest DCT
+    scale (1/2, 1/4, 1/8) that still gives every box at least as many pixels as its crop (PIL's draft mode): crops
+    close to a full decode's (within JPEG error; the DCT's low-pass is not the resize's), from a fraction of its
+    cost. A JPEG decoded in full goes through TorchCodec (libjpeg-turbo, the same pixels as PIL's, in less time);
+    other formats through PIL.
     """
     with open(path, "rb") as f:
         data = f.read()
     with Image.open(io.BytesIO(data)) as img:
         width, height = img.size
         boxes = crop_boxes(height, width, crops, gen)
-        room = min(min(w, h) / size for (_, _, w, h), (size, _) in zip(boxes, crops))
+        room = min(min(w, h) / size for (_, _, w, h), (size, _) in zip(boxes, crops)) if draft else 1
         if img.format == "JPEG" and room < 2:
             pixels = decode_jpeg(data, mode="RGB").permute(1, 2, 0)  # (H, W, 3) contiguous: a view back
         else:
@@ -131,8 +132,8 @@ class _CropBatches(torch.utils.data.Dataset):
     crop: no per-image tensors, no collate copy.
     Returns (crops, labels, indices, unreadable): the last, the indices of the files that failed to decode."""
 
-    def __init__(self, data, crops, seed):
-        self.data, self.crops, self.seed = data, crops, seed
+    def __init__(self, data, crops, seed, draft=True):
+        self.data, self.crops, self.seed, self.draft = data, crops, seed, draft
 
     def __len__(self):
         return len(self.data)
@@ -142,7 +143,7 @@ class _CropBatches(torch.utils.data.Dataset):
         return seeds.generator(self.seed, "crops", epoch, index)
 
     def decode(self, path, gen):
-        return decode_for_crops(path, self.crops, gen)
+        return decode_for_crops(path, self.crops, gen, self.draft)
 
     def readable(self, index, epoch, unreadable, read):
         """(source, read(path, generator)) for image `index`, where source is `index` itself or, when that file
@@ -303,12 +304,13 @@ class TrainBatches:
     """
 
     def __init__(self, data, batch_size, seed, device, crops=(), workers=0, rank=0, world_size=1, decode="workers",
-                 listed=None):
+                 listed=None, draft=True):
         self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, torch.device(device)
         self.crops, self.workers, self.rank, self.world_size, self.decode = crops, workers, rank, world_size, decode
         self.keys = self.loader = None
         self.unreadable = set()  # indices of the files this process failed to decode since take_unreadable()
         self.listed = listed  # the run's UnreadableList (image folders), or None
+        self.draft = draft  # a JPEG may be decoded at a reduced DCT scale (decode_for_crops)
 
     def __len__(self):
         return len(self.data) // self.batch_size
@@ -343,7 +345,7 @@ class TrainBatches:
             self.keys = _EpochKeys()
             worker_side = _ByteBatches if self.decode == "device" else _CropBatches
             self.loader = torch.utils.data.DataLoader(
-                worker_side(self.data, self.crops, self.seed), sampler=self.keys, batch_size=None,
+                worker_side(self.data, self.crops, self.seed, self.draft), sampler=self.keys, batch_size=None,
                 num_workers=self.workers, persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers else None,
                 pin_memory=str(self.device).startswith("cuda"))
         self.keys.batches = [[(int(i), epoch) for i in idx] for idx in batches]
@@ -444,6 +446,10 @@ def steps_per_epoch(num_samples, batch_size):
 
 
 def total_steps(args, num_samples):
+    """The run's optimiser steps: --iters, else --epochs of full batches (--step_count simclr: SimCLR's count of its
+    repeating stream of images, floor(N x epochs / batch) + 1)."""
     if args.iters >= 0:
         return args.iters
+    if getattr(args, "step_count", "epochs") == "simclr":  # (flags saved before it existed)
+        return int(num_samples * args.epochs // args.batch_size) + 1
     return int(math.ceil(args.epochs * steps_per_epoch(num_samples, args.batch_size)))

@@ -178,7 +178,7 @@ def classifier_accuracy(classifier, feats, labels, num_classes):
 
 
 class LinearEval(Method):
-    """A linear classifier (after a non-affine BatchNorm with --linear_bn) on a frozen encoder: on the features the
+    """A linear classifier (after a BatchNorm with --linear_bn) on a frozen encoder: on the features the
     run extracts once (--precompute_features), or on crops of the images through the encoder in eval mode; and,
     with --knn_memory_bank, NPID's kNN against the bank of the run that made the encoder."""
 
@@ -196,6 +196,10 @@ class LinearEval(Method):
                        help="smallest crop area fraction when not precomputing")
         g.add_argument("--linear_bn", type=str2bool, default=False,
                        help="a non-affine BatchNorm before the linear layer")
+        config.compat_group(p).add_argument(
+            "--linear_bn_affine", type=str2bool, default=False,
+            help="with --linear_bn: the BatchNorm learns a scale and a shift, left out of weight decay with "
+                 "--exclude_bias_and_norm true --decay_bias true (VISSL's eval_mlp head, regularize_bn false)")
         g.add_argument("--knn_memory_bank", type=str2bool, default=False,
                        help="NPID encoders: also kNN of the test embeddings against the run's memory bank (bank_knn_acc1)")
         add_label_args(g)
@@ -230,9 +234,15 @@ class LinearEval(Method):
         else:
             args = encoder_arch_args(args, source)
         if args.eval_only:  # the probe's shape is the trained run's
-            args = args.replace(linear_bn=source.args["linear_bn"])
+            args = args.replace(linear_bn=source.args["linear_bn"],
+                                linear_bn_affine=source.args.get("linear_bn_affine", False))
         if args.opt == "lbfgs" and not args.precompute_features:
             raise UserError("--opt lbfgs needs --precompute_features true: it takes every training feature at each step")
+        if args.linear_bn_affine and not args.linear_bn:
+            raise UserError("--linear_bn_affine gives --linear_bn's BatchNorm a scale and a shift: it needs --linear_bn true")
+        if args.linear_bn_affine and args.opt == "lbfgs":
+            raise UserError("--linear_bn_affine trains the BatchNorm's scale and shift; --opt lbfgs fits the Linear alone "
+                            "on features normalised once: use --opt sgd")
         if args.knn_memory_bank and (args.eval_only or args.encoder_ckpt == "pixels"):
             raise UserError("--knn_memory_bank needs --encoder_ckpt, the NPID run whose memory bank to use")
         return args, source
@@ -245,8 +255,8 @@ class LinearEval(Method):
         self.backbone = encoder_backbone(self.backbone_spec, encoder.weights, train, args.data)
         self.backbone.requires_grad_(False)
         feat_dim = self.backbone.feat_dim
-        self.classifier = nn.Sequential(nn.BatchNorm1d(feat_dim, affine=False) if args.linear_bn else nn.Identity(),
-                                        nn.Linear(feat_dim, train.num_classes))
+        norm = nn.BatchNorm1d(feat_dim, affine=args.linear_bn_affine) if args.linear_bn else nn.Identity()
+        self.classifier = nn.Sequential(norm, nn.Linear(feat_dim, train.num_classes))
         self.num_classes = train.num_classes
         side = train.image_size
         self.augment = Augment([1], [side], [args.min_scale], [1.0], train.mean, train.std, train.channels,

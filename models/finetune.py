@@ -10,6 +10,7 @@ from models.backbones import backbone_spec
 from models.base import Method
 from models.eval import (add_encoder_backbone_args, add_label_args, classifier_accuracy, encoder_arch_args,
                          encoder_backbone, encoder_data_args, load_encoder)
+from utils import config
 from utils.config import Range
 from utils.errors import UserError
 
@@ -30,6 +31,10 @@ class FineTune(Method):
                        help="the backbone's learning rate as a factor of the linear layer's (0: a frozen backbone, "
                             "batch norm statistics still updating)")
         add_label_args(g)
+        config.compat_group(p).add_argument(
+            "--head_init", default="default", choices=["default", "normal", "zeros"],
+            help="the Linear's starting weights: PyTorch's default, N(0, 0.01) and a zero bias (SimCLR's linear_layer), "
+                 "or zeros (SimCLR's --zero_init_logits_layer, in its README's fine-tuning commands)")
         p.set_defaults(opt="sgd", lr=0.05, epochs=30, weight_decay=0.0, data=None)
 
     @staticmethod
@@ -48,6 +53,12 @@ class FineTune(Method):
         self.backbone_spec = encoder.spec if encoder else backbone_spec(args, train)
         self.backbone = encoder_backbone(self.backbone_spec, encoder.weights if encoder else None, train, args.data)
         self.classifier = nn.Linear(self.backbone.feat_dim, train.num_classes)
+        if args.head_init != "default":  # (after the default init: the random streams stay as they were)
+            nn.init.zeros_(self.classifier.bias)
+            if args.head_init == "zeros":
+                nn.init.zeros_(self.classifier.weight)
+            else:
+                nn.init.normal_(self.classifier.weight, std=0.01)
         self.num_classes = train.num_classes
         side = train.image_size
         self.augment = Augment([1], [side], [args.min_scale], [1.0], train.mean, train.std, train.channels,

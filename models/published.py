@@ -40,8 +40,9 @@ def tensors(state):
 
 
 def swav_release(ckpt):
-    """facebookresearch/swav's releases of SwAV and DeepCluster-v2 (and SeLa-v2): the DDP model's state dict, bare or
-    under "state_dict", keys `module.conv1.weight` ... beside `module.projection_head.*` and `module.prototypes*`.
+    """facebookresearch/swav's releases of SwAV and DeepCluster-v2 (and SeLa-v2) and their training checkpoints
+    (checkpoint.pth.tar: "epoch", "state_dict", "optimizer", "amp"): the DDP model's state dict, bare or under
+    "state_dict", keys `module.conv1.weight` ... beside `module.projection_head.*` and `module.prototypes*`.
     Its stem is a ConstantPad2d(1) before a conv of padding 2: the same zeros as torchvision's padding 3. Its pixels
     were normalised with std (0.228, 0.224, 0.225) for pretraining and for the linear probe."""
     state = ckpt.get("state_dict", ckpt)
@@ -63,10 +64,11 @@ def vissl(ckpt):
 
 
 def simclr_pytorch(ckpt):
-    """AndrewAtanov/simclr-pytorch: {"state_dict": EncodeProject's, "hparams": Namespace}, keys `convnet.conv1.weight`
-    ... beside `projection.*`; a CIFAR ResNet's stem is torchvision's 3x3 conv of stride 1 without the max-pool, as
-    here. It trains and probes on raw pixels in [0, 1] (no Normalize)."""
-    state, hparams = ckpt.get("state_dict"), ckpt.get("hparams")
+    """AndrewAtanov/simclr-pytorch: {"state_dict": EncodeProject's, "hparams": Namespace} (its training checkpoints
+    add "opt_state_dict" and "iter"), or the state dict alone; keys `convnet.conv1.weight` ... beside
+    `projection.*`; a CIFAR ResNet's stem is torchvision's 3x3 conv of stride 1 without the max-pool, as here. It
+    trains and probes on raw pixels in [0, 1] (no Normalize)."""
+    state, hparams = ckpt.get("state_dict", ckpt), ckpt.get("hparams")
     if tensors(state) and "convnet.conv1.weight" in state:
         data = getattr(hparams, "data", None)
         saved = dict(norm_mean=[0.0, 0.0, 0.0], norm_std=[1.0, 1.0, 1.0])
@@ -77,9 +79,10 @@ def simclr_pytorch(ckpt):
 
 def solo_learn(ckpt):
     """vturrisi/solo-learn: a Lightning checkpoint whose "state_dict" holds `backbone.*` (`encoder.*` in old
-    releases) beside `projector.*`, `classifier.*` and `momentum_backbone.*`. Its CIFAR stem is a 3x3 conv of stride 1
-    and padding 2 (a 34 px map from 32 px images) without the max-pool: kept here, so the features are solo-learn's."""
-    state = ckpt.get("state_dict")
+    releases) beside `projector.*`, `classifier.*` and `momentum_backbone.*`, or that state dict alone. Its CIFAR stem
+    is a 3x3 conv of stride 1 and padding 2 (a 34 px map from 32 px images) without the max-pool: kept here, so the
+    features are solo-learn's."""
+    state = ckpt.get("state_dict", ckpt)
     if not tensors(state):
         return None
     for prefix in ("backbone.", "encoder."):

@@ -2,8 +2,11 @@
 gives the features of the same weights in this repo's backbone and in the source's own architecture; files that do
 not fit are one line."""
 import argparse
+import copy
 import os
+import pathlib
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -200,6 +203,79 @@ def test_eval_and_finetune_run_on_a_published_file(tmp_path):
     assert 0 <= metrics["test_acc1"] <= 100
     _, tuned = train.main(["--problem", "finetune", "--encoder_ckpt", str(path), "--iters", "1"] + common)
     assert 0 <= tuned["test_acc1"] <= 100
+
+
+def optimiser_state(net, lr):
+    """The state dict of an SGD over a copy of `net` after a step, its learning rate `lr` set as a schedule sets it
+    (a numpy float from a numpy array: simclr-pytorch's cosine of np.cos, swav's lr_schedule[iteration])."""
+    net = copy.deepcopy(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    return opt.state_dict()
+
+
+def simclr_pytorch_checkpoint(net):
+    """simclr-pytorch's train.py save_checkpoint: model.get_ckpt() (state_dict, hparams: its parsed flags, the run
+    folder `root` a pathlib.PosixPath as its exman parser sets it) updated with opt_state_dict and iter."""
+    ckpt = simclr_pytorch(net, data="cifar")
+    ckpt["hparams"] = argparse.Namespace(arch="ResNet50", data="cifar", problem="sim-clr", batch_size=1024, lr=4.8,
+                                         temperature=0.5, tmp=False, root=pathlib.PosixPath("/logs/exman-train.py/runs/000001"))
+    ckpt.update(opt_state_dict=optimiser_state(net, np.cos(np.float64(0.3)) * 4.8), iter=None)
+    return ckpt
+
+
+def swav_checkpoint(net):
+    """swav's main_swav.py and main_deepclusterv2.py: checkpoint.pth.tar, the optimiser's lr from a numpy array."""
+    schedule = np.linspace(4.8, 0.0048, 10)
+    return {"epoch": 3, "state_dict": prefixed(net.state_dict(), "module."), "optimizer": optimiser_state(net, schedule[3]),
+            "amp": {"loss_scaler0": {"loss_scale": 65536.0, "unskipped": 12}}}
+
+
+def numpy1_names(path):
+    """The file as numpy 1 writes it: its scalars pickled under numpy.core.multiarray (numpy 2: numpy._core)."""
+    with zipfile.ZipFile(path) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray") if name.endswith(".pkl")
+                       else data)
+
+
+@pytest.mark.parametrize("numpy1", [False, True])
+@pytest.mark.parametrize("write, layout", [(simclr_pytorch_checkpoint, "simclr-pytorch"),
+                                          (swav_checkpoint, "the swav / DeepCluster-v2 release")], ids=["simclr", "swav"])
+def test_the_sources_own_training_checkpoints_load_with_their_paths_and_numpy_scalars(tmp_path, write, layout, numpy1):
+    net = torchvision_resnet()
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(write(net), path)
+    if numpy1:
+        numpy1_names(path)
+    found = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    assert {"numpy.dtype", "numpy.core.multiarray.scalar" if numpy1 else "numpy._core.multiarray.scalar"} <= found
+    loaded, ours = our_backbone(path)
+    assert loaded.layout == layout
+    source = SwavStem(net) if layout.startswith("the swav") else net  # the source's own forward of those weights
+    net.fc = nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    theirs = features(source, x)
+    torch.testing.assert_close(features(ours, x), theirs, rtol=1e-3, atol=1e-3 * float(theirs.abs().max()))
+
+
+def test_a_refused_file_says_how_to_make_one_this_repo_reads(tmp_path, capsys):
+    """A file that pickles another class: the advice in the line, followed, gives a file that loads."""
+    net = torchvision_resnet()
+    base = ["--problem", "eval", "--data", "cifar10", "--data_root", str(tmp_path), "--root", str(tmp_path / "logs")]
+    for write in (solo_learn, simclr_pytorch):
+        ckpt = dict(write(net), hyper_parameters=Unlisted())
+        torch.save(ckpt, tmp_path / "lightning.ckpt")
+        line = refused_line(base + ["--encoder_ckpt", str(tmp_path / "lightning.ckpt")], capsys)
+        assert "test_published.Unlisted" in line and "torch.save(ckpt['state_dict'], 'weights.pth')" in line
+        torch.save(ckpt["state_dict"], tmp_path / "weights.pth")  # as the line says, from code one trusts
+        loaded, _ = our_backbone(tmp_path / "weights.pth")
+        assert loaded.layout == {solo_learn: "solo-learn", simclr_pytorch: "simclr-pytorch"}[write]
 
 
 def test_files_that_do_not_fit_are_one_line(tmp_path, capsys):

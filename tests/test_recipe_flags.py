@@ -12,7 +12,7 @@ import torch.nn as nn
 from PIL import Image, ImageFilter
 
 import train
-from conftest import TINY, saved
+from conftest import ROOT, TINY, saved
 from test_bad_data import refused_line
 from data.augment import Augment, gaussian_blur
 from models.backbones import MLP, ScaleBatchNorm1d
@@ -124,3 +124,23 @@ def test_bad_recipe_flags_are_one_line(tmp_path, capsys, fmnist, extra, message)
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1], err
     assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
+
+
+def test_vissls_eval_mlp_head_trains_its_scale_and_shift_without_weight_decay(fmnist, capsys):
+    """imagenet_eval_vissl.yaml with --linear_bn true --linear_bn_affine true: VISSL's eval_mlp, as it trains it."""
+    config = os.path.join(ROOT, "configs", "imagenet_eval_vissl.yaml")
+    flags = ["--config", config, "--data", "fmnist", "--subset", "256", "--dist", "none", "--encoder_ckpt", "pixels",
+             "--linear_bn", "true", "--linear_bn_affine", "true", "--batch_size", "64"]
+    args, data, model, optimizer, scaler = train.build(parse_args(flags, train.PROBLEMS), torch.device("cpu"))
+    norm, linear = model.classifier
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert norm.affine and decay[id(norm.weight)] == decay[id(norm.bias)] == 0.0
+    assert decay[id(linear.weight)] == decay[id(linear.bias)] == 5e-4
+    before = norm.weight.detach().clone(), norm.bias.detach().clone()
+    for group in optimizer.param_groups:
+        group["lr"] = 0.1
+    x, y = data.train.images[:64], data.train.labels[:64]
+    train.train_step(model.train(), model, optimizer, scaler, ([x.float() / 255], y, torch.arange(64)), 0)
+    assert not torch.equal(norm.weight, before[0]) and not torch.equal(norm.bias, before[1])  # γ and β learn
+    line = refused_line(flags[:-4] + ["--linear_bn", "false", "--linear_bn_affine", "true", "--dry_run", "true"], capsys)
+    assert "--linear_bn_affine gives --linear_bn's BatchNorm a scale and a shift: it needs --linear_bn true" in line

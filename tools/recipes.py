@@ -35,6 +35,18 @@ WARMUP_STEP = "reaches the peak one step later"
 IMAGENET = 1281167  # training images
 
 
+def vissl_head_decay(args):
+    """--linear_bn true --linear_bn_affine true on this probe's flags: γ and β undecayed, the Linear decayed."""
+    import torch
+    from utils.optim import param_groups
+    head = nn.Sequential(nn.BatchNorm1d(8, affine=True), nn.Linear(8, 3))
+    groups = param_groups(head, args.weight_decay, args.exclude_bias_and_norm, decay_bias=args.decay_bias)
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    norm, linear = head
+    return (decay[id(norm.weight)] == decay[id(norm.bias)] == 0 and
+            decay[id(linear.weight)] == decay[id(linear.bias)] == args.weight_decay > 0 and torch.is_tensor(linear.bias))
+
+
 def derived(args):
     """Values computed from the flags: the absolute learning rates at the batch."""
     return {"peak lr": scale_lr(args.lr, args.batch_size, args.lr_scaling),
@@ -318,9 +330,9 @@ def simclr_pytorch_code():
          "GaussianBlur(224 // 10) after ToTensor: radius 11, a 23 px kernel, Conv2d zero padding",
          "models/ssl.py:265; utils/datautils.py:43-59", ""),
         ("when the lr changes", "every step", "scheduler.step() after every optimiser step", "train.py:220", ""),
-        ("data order", "a new permutation every epoch", "DistributedSampler without set_epoch: train.py never calls "
-         "it, so every epoch repeats the first epoch's order under DDP", "models/ssl.py:216; train.py",
-         "a new order every epoch here"),
+        ("data order", "a new permutation every epoch", "DistributedSampler.set_epoch(step) at every step "
+         "(SSLTrainer.train_step), so each epoch's iterator draws a new permutation", "models/ssl.py:200-204; "
+         "train.py:173", ""),
         ("reported epoch", "the last step", "the final checkpoint.pth.tar", "train.py:228", ""),
     ]
 
@@ -461,6 +473,62 @@ RECIPES = [
 SWAV_EVAL = "eval_linear.py"
 VISSL_EVAL = "configs/config/benchmark/linear_image_classification/imagenet1k/eval_resnet_8gpu_transfer_in1k_linear.yaml"
 SIMCLR_PT_EVAL = "configs/imagenet_eval.yaml"
+SIMCLR_TF = "google-research/simclr 383d414"
+
+
+def simclr_steps(args):
+    """SimCLR's get_train_steps at its 1% and 10% lists: 188 and 939 steps."""
+    from data.loader import total_steps
+    return (total_steps(args, 12811) == 188 and
+            total_steps(args.replace(epochs=30, label_fraction=0.1), 128116) == 939)
+
+
+def finetune_head(args):
+    """The fine-tuning head this config builds starts at zero."""
+    from models.finetune import FineTune
+    import types
+    train_set = types.SimpleNamespace(image_size=32, channels=3, num_classes=10, mean=(0.5,) * 3, std=(0.5,) * 3)
+    encoder = types.SimpleNamespace(spec=dict(arch="resnet18", width=0.125, cifar_stem=True, stem_stride=1,
+                                              in_channels=3), weights=None)
+    head = FineTune(args, train_set, "cpu", encoder).classifier
+    return not head.weight.any() and not head.bias.any()
+FINETUNE = dict(
+    config="configs/imagenet_finetune.yaml", source=f"{SIMCLR_TF}, model_util.py",
+    published="48.3 / 65.6 top-1 at 1% / 10% of the labels (SimCLR paper, Table 7)",
+    rows=[
+        ("batch_size", 4096, "4096", "paper appendix B.5 (--train_batch_size)", ""),
+        ("epochs", 60, "60 (1%; 30 at 10%)", "paper appendix B.5 (--train_epochs)", ""),
+        ("peak lr", 0.8, "0.05 x 4096 / 256", "model_util.py:59-66 (learning_rate_scaling linear)", ""),
+        ("nesterov", True, "MomentumOptimizer(use_nesterov=True)", "model_util.py:88-90", ""),
+        ("momentum", 0.9, "0.9", "run.py (--momentum)", ""),
+        ("weight_decay", 0.0, "0 (no regulariser in fine-tuning)", "paper appendix B.5", ""),
+        ("warmup", 0.0, "--warmup_epochs 0", "model_util.py:61-62", ""),
+        ("lr_schedule", "cosine", "tf.train.cosine_decay from the first step", "model_util.py:74-80", ""),
+        ("label_fraction", 0.01, "imagenet_subsets/1percent.txt (12,811 images)", "README.md", "see the header"),
+        ("step_count", "simclr", "num_examples x train_epochs // train_batch_size + 1", "model_util.py:53-56", ""),
+        ("head_init", "zeros", "--zero_init_logits_layer=True (README); linear_layer's N(0, 0.01) without it",
+         "model.py:170-181; model_util.py:129-134", ""),
+        ("sync_bn", True, "global_bn True: statistics over every core", "resnet.py:116; run.py (--global_bn)", ""),
+        ("sync_bn_group_size", 0, "every core", "resnet.py:116-125", ""),
+        ("interpolation", "bicubic", "tf.image.resize_bicubic", "data_util.py:325", "see the header"),
+        ("min_scale", 0.08, "area_range (0.08, 1.0)", "data_util.py:304-325", ""),
+        ("draft_decode", False, "tf.image.decode_jpeg, in full", "data_util.py", ""),
+    ],
+    code=[
+        ("steps", "floor(N x epochs / batch) + 1: 188 at 1%, 939 at 10%", "get_train_steps", "model_util.py:53-56", "",
+         simclr_steps),
+        ("head init", "zeros", "zeros when zero_init_logits_layer (the README's commands)", "model.py:170-181", "",
+         finetune_head),
+        ("BatchNorm", "SyncBatchNorm over every process (GPUs)", "tf.tpu cross-replica BatchNormalization", "resnet.py:116",
+         "on CPU processes it is per process"),
+        ("crop resize", "PIL bicubic, antialiased", "tf.image.resize_bicubic, no antialiasing", "data_util.py:325",
+         "another low-pass at a downscale"),
+        ("data order", "a permutation each epoch in full batches", "a shuffled stream repeated across epochs",
+         "data.py (build_input_fn)", "the last partial batch of each epoch left out here"),
+        ("test view", "Resize(256) + CenterCrop(224), bicubic", "center crop of 87.5%, resize_bicubic to 224",
+         "data_util.py:233-248", "see the header"),
+    ])
+
 PROBES = [
     dict(config="configs/imagenet_eval.yaml", source=f"{SWAV}, {SWAV_EVAL}",
          published="the swav and DeepCluster-v2 figures of the swav README (75.3% for swav_800ep_pretrain.pth.tar)",
@@ -496,16 +564,23 @@ PROBES = [
              ("lr_steps", [8, 16, 24], "milestones [8, 16, 24], update_interval epoch", "param_schedulers.lr", ""),
              ("nesterov", True, "True", "OPTIMIZER.nesterov", ""),
              ("weight_decay", 5e-4, "0.0005", "OPTIMIZER.weight_decay", ""),
-             ("exclude_bias_and_norm", False, "regularize_bias True (the Linear's bias decayed)", "OPTIMIZER", ""),
+             ("exclude_bias_and_norm", True, "regularize_bn False: no decay on BatchNorm's scale and shift",
+              "OPTIMIZER.regularize_bn", ""),
+             ("decay_bias", True, "regularize_bias True (the Linear's bias decayed)", "OPTIMIZER.regularize_bias", ""),
              ("linear_bn", False, "the mlp head: Linear alone (eval_mlp: BatchNorm then Linear, see below)",
               "MODEL.HEAD.PARAMS", ""),
              ("precompute_features", False, "RandomResizedCrop(224) + flip", "DATA.TRAIN.TRANSFORMS", ""),
          ],
          code=[
-             ("heads", "one Linear on the pooled 2048 features (--linear_bn true: a non-affine BatchNorm before it)",
+             ("heads", "one Linear on the pooled 2048 features (--linear_bn true --linear_bn_affine true: VISSL's "
+              "eval_mlp, a BatchNorm with its scale and shift before it)",
               "seven heads in one run: eval_mlp (BatchNorm2d with its scale and shift, then Linear) on conv1, res2 ... "
               "res5 and res5avg, and mlp (Linear) on res5avg", VISSL_EVAL + ", MODEL.HEAD.PARAMS",
-              "two runs here for the two res5avg heads; the BatchNorm's scale and shift fold into the Linear"),
+              "two runs here for the two res5avg heads"),
+             ("eval_mlp's weight decay", "--linear_bn_affine: scale and shift in the zero-decay group, the Linear's "
+              "weight and bias decayed", "regularize_bn False: BatchNorm parameters in the no-decay group; "
+              "regularize_bias True", "vissl/optimizers/param_groups.py (get_optimizer_param_groups)", "",
+              vissl_head_decay),
              ("reported figure", "each run's top-1", "the meter logs both res5avg heads under one name "
               "(meter_names from LINEAR_EVAL_FEAT_POOL_OPS_MAP); the zoo reports the best layer",
               "vissl/utils/hydra_config.py:705-711", "the zoo's figure is the better of the two runs"),
@@ -527,16 +602,22 @@ PROBES = [
              ("precompute_features", False, "precompute_emb_bs -1: crops every step", f"{SIMCLR_PT_EVAL}", ""),
          ],
          code=[
-             ("the encoder", "frozen, in eval mode", "frozen, but train.py's model.train() reaches it: its BatchNorm "
-              "uses batch statistics while the probe trains, and re-estimates its running ones on the probe's crops",
-              "train.py:161; models/ssl.py:322", "eval mode here: a frozen encoder's statistics stay those it was "
-              "pretrained with"),
+             ("the encoder", "frozen, in eval mode", "frozen, in eval mode: train.py's model.train() calls "
+              "SSLEval.train(), which switches only the Linear (self.model) unless finetune", "train.py:161; "
+              "models/ssl.py:485-489", ""),
              ("Linear init", "PyTorch's default", "zeros", "models/ssl.py:332-333", "see the header"),
              ("test view", "Resize(256) + CenterCrop(224), bicubic", "CenterCropAndResize(0.875, 224)",
               "models/ssl.py, SSLEval.transforms", "see the header"),
              ("reported epoch", "the last step", "the final test after iters", "train.py:187", ""),
          ]),
 ]
+
+
+PROBES.append(FINETUNE)
+DECODE = ("JPEG decode", "in full (--draft_decode false)", "in full: PIL's Image.open(f).convert('RGB') in the loader",
+          "the source's dataset loader", "", lambda args: not args.draft_decode)
+for _recipe in RECIPES + PROBES[:-1]:  # (the fine-tuning table lists draft_decode among its values)
+    _recipe["code"].append(DECODE)
 
 
 def effective(config):

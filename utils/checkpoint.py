@@ -5,9 +5,11 @@ alone; `restore` puts a checkpoint back into a model, its optimiser and its scal
 """
 import argparse
 import os
+import pathlib
 import pickle
 import sys
 
+import numpy as np
 import torch
 
 from utils import dist, seeds
@@ -99,26 +101,42 @@ def resolve(path):
     return path
 
 
+def plain_data():
+    """The classes of plain data that the sources' own files pickle besides tensors, each under every name it is
+    pickled by, for a weights-only load: argparse Namespaces (simclr-pytorch's and timm's flags), pathlib paths
+    (simclr-pytorch's run folder in its flags) and numpy scalars and dtypes (a learning rate from a numpy schedule in
+    an optimiser's state: simclr-pytorch, swav, DeepCluster-v2). Building them runs no code of the file's choosing."""
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    named = [(argparse.Namespace, "argparse.Namespace"), (np.dtype, "numpy.dtype"),
+             (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    for cls in (pathlib.PosixPath, pathlib.PurePosixPath):
+        named += [(cls, f"pathlib.{cls.__name__}"), (cls, f"pathlib._local.{cls.__name__}")]  # (Python 3.13's module)
+    named += [(cls, f"numpy.dtypes.{name}") for name, cls in vars(np.dtypes).items() if name.endswith("DType")]
+    return named
+
+
 def read(path, mmap=False):
     """Whatever torch.save wrote at `path` (a run folder means its checkpoint.pth.tar), on the CPU, loaded weights-only:
-    tensors and plain Python values, and argparse Namespaces (simclr-pytorch keeps its flags in one); a file that
-    pickles any other class is refused in one line naming it, as is a truncated or foreign file. `mmap`: tensors are
-    read only when touched, so reading the saved flags of a large checkpoint costs little."""
+    tensors, plain Python values and the plain data of `plain_data()`; a file that pickles any other class is refused
+    in one line naming it, as is a truncated or foreign file. `mmap`: tensors are read only when touched, so reading
+    the saved flags of a large checkpoint costs little."""
     path = resolve(path)
     if os.path.getsize(path) == 0:
         raise UserError(f"{path} is empty: not a checkpoint")
+    allowed = plain_data()
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:
             found = []
-        found = [g for g in found if g != "argparse.Namespace"]
+        found = [g for g in found if g not in {name for _, name in allowed}]
         if found:
             raise UserError(f"{path} pickles Python objects that a weights-only load does not run ({', '.join(found[:4])})"
-                            f": save its state_dict alone (torch.save(ckpt['state_dict'], path)) from code you trust")
+                            f": from code you trust, save the tensors alone, e.g. torch.save(ckpt['state_dict'], "
+                            f"'weights.pth'), and give that file")
         raise UserError(f"{path} is not a checkpoint this repo can read, or is truncated ({str(e).splitlines()[0][:120]})")
     except Exception as e:
         raise UserError(f"{path} is not a checkpoint this repo can read, or is truncated ({type(e).__name__}: "

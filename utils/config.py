@@ -129,6 +129,10 @@ def add_common_args(p):
     compat_group(p).add_argument("--interpolation", default="bilinear", choices=["bilinear", "bicubic"],
                    help="image folders: the filter of the training crops and of the evaluation resize, antialiased; "
                         "bilinear is torchvision's default, the SwAV and VISSL recipes'; simclr-pytorch's is bicubic")
+    compat_group(p).add_argument("--draft_decode", type=str2bool, default=True,
+                   help="image folders: decode a JPEG at a reduced DCT scale (1/2 to 1/8, PIL's draft mode) when every "
+                        "crop box is at least twice its crop's side, in a fraction of the time; its low-pass differs "
+                        "from a full decode's antialiased resize: false decodes every image in full, as every source does")
     g.add_argument("--skip_images", default=None,
                    help="image folders: a file naming images to leave out, one a line, relative to the data root (as "
                         "tools.check_data and a run's unreadable.txt write them)")
@@ -167,6 +171,9 @@ def add_common_args(p):
     g.add_argument("--epochs", type=NONNEGATIVE, default=100, help="length of training in epochs")
     g.add_argument("--iters", type=Range(int, ge=-1), default=-1,
                    help="total optimiser steps; overrides --epochs when >= 0")
+    compat_group(p).add_argument("--step_count", default="epochs", choices=["epochs", "simclr"],
+                   help="the steps of --epochs: epochs x floor(N / batch) full batches, or floor(N x epochs / batch) + 1 "
+                        "(SimCLR's get_train_steps, whose input stream repeats the images across epochs)")
     g.add_argument("--opt", default="lars", choices=["lars", "sgd", "adamw"],
                    help="optimiser (--problem eval adds lbfgs)")
     g.add_argument("--lr", type=POSITIVE, default=0.3,
