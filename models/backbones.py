@@ -108,6 +108,37 @@ class ResNet(nn.Module):
         return self.avgpool(x).flatten(1)
 
 
+class AlexNet(nn.Module):
+    """AlexNet with a BatchNorm after every convolution and hidden fully connected layer, the form the instance-
+    discrimination papers train (NPID reports it beside ResNet-50; its authors' released code holds ResNets only, so
+    the layers are Krizhevsky et al.'s, one tower): conv1 96 11x11 stride 4, max-pool; conv2 256 5x5, max-pool; conv3
+    384, conv4 384, conv5 256 3x3, max-pool (6 x 6 at 224 px; an adaptive average pool gives 6 x 6 at any size);
+    fc6 4096, fc7 4096. The features are fc7's: NPID's head, Linear(4096, 128), is its fc8. Every width times `width`.
+    `cifar_stem`: conv1 a 3x3 of stride 1 for images of 32 px or so. Convolutions start as the ResNets' do."""
+
+    def __init__(self, width=1.0, cifar_stem=False, in_channels=3):
+        super().__init__()
+        c = [max(1, int(round(n * width))) for n in (96, 256, 384, 384, 256, 4096)]
+
+        def conv(c_in, c_out, kernel, stride=1):
+            return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2 if kernel != 11 else 2, bias=False),
+                    nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        pool = nn.MaxPool2d(3, 2)
+        stem = conv(in_channels, c[0], 3) if cifar_stem else conv(in_channels, c[0], 11, 4)
+        self.features = nn.Sequential(*stem, pool, *conv(c[0], c[1], 5), nn.MaxPool2d(3, 2),
+                                      *conv(c[1], c[2], 3), *conv(c[2], c[3], 3), *conv(c[3], c[4], 3),
+                                      nn.MaxPool2d(3, 2), nn.AdaptiveAvgPool2d(6))
+        self.fc = nn.Sequential(nn.Linear(c[4] * 36, c[5], bias=False), nn.BatchNorm1d(c[5]), nn.ReLU(inplace=True),
+                                nn.Linear(c[5], c[5], bias=False), nn.BatchNorm1d(c[5]), nn.ReLU(inplace=True))
+        self.feat_dim = c[5]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
 REGNETS = ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
            "regnet_y_32gf", "regnet_y_128gf"]
 
@@ -152,6 +183,8 @@ def backbone_spec(args, data):
     cifar_stem = args.cifar_stem if args.cifar_stem is not None else data.image_size <= 64
     spec = dict(arch=args.arch, width=args.width, cifar_stem=cifar_stem, stem_stride=args.stem_stride,
                 in_channels=data.channels)
+    if args.arch == "alexnet":
+        spec.pop("stem_stride")
     if args.arch == "regnet":
         spec["regnet"] = dict(depth=args.regnet_depth, w_0=args.regnet_w_0, w_a=args.regnet_w_a, w_m=args.regnet_w_m,
                               group_width=args.regnet_group_width)
@@ -161,13 +194,15 @@ def backbone_spec(args, data):
 def spec_problem(spec):
     """Why `spec` (read from a file) rebuilds no backbone of this repo, or None when it does."""
     arch = spec.get("arch") if isinstance(spec, dict) else None
-    if arch not in list(RESNETS) + REGNETS + ["regnet", "pixels"]:
-        return (f"its backbone is {arch!r}, which this repo cannot build (it builds {', '.join(RESNETS)}, the "
+    if arch not in list(RESNETS) + REGNETS + ["regnet", "alexnet", "pixels"]:
+        return (f"its backbone is {arch!r}, which this repo cannot build (it builds {', '.join(RESNETS)}, alexnet, the "
                 f"RegNetYs and regnet)")
     if arch == "pixels":
         need = ("in_channels", "image_size")
     elif arch in RESNETS:
         need = ("in_channels", "cifar_stem", "width", "stem_stride")
+    elif arch == "alexnet":
+        need = ("in_channels", "cifar_stem", "width")
     else:
         need = ("in_channels", "cifar_stem") + (("regnet",) if arch == "regnet" else ())
     missing = [k for k in need if k not in spec]
@@ -177,6 +212,8 @@ def spec_problem(spec):
 def build_backbone(spec):
     if spec["arch"] == "pixels":
         return Pixels(spec["in_channels"], spec["image_size"])
+    if spec["arch"] == "alexnet":
+        return AlexNet(spec["width"], spec["cifar_stem"], spec["in_channels"])
     if spec["arch"].startswith("regnet"):
         return RegNetBackbone(spec["arch"], spec["in_channels"], spec["cifar_stem"], spec.get("regnet"))
     return ResNet(spec["arch"], spec["width"], spec["cifar_stem"], spec["in_channels"], spec["stem_stride"],

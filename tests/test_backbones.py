@@ -78,6 +78,7 @@ def test_a_small_width_keeps_a_channel_in_every_group():
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, net.feat_dim) == (2, 256)
 
 
+@pytest.mark.slow
 def test_a_resnext_pretrains_probes_fine_tunes_and_exports(tmp_path):
     arch = ["--arch", "resnext50_32x4d", "--iters", "2", "--knn_k", "20", "--root", str(tmp_path)]
     folder, metrics = train.main(TINY + arch + ["--problem", "simclr"])
@@ -88,3 +89,30 @@ def test_a_resnext_pretrains_probes_fine_tunes_and_exports(tmp_path):
     assert probed["knn_acc1"] == metrics["knn_acc1"]  # the backbone rebuilt from backbone.pth's spec and weights
     tuned, _ = train.main(["--problem", "finetune", "--iters", "2", "--batch_size", "64"] + probe)
     assert saved(tuned)["backbone_spec"]["arch"] == "resnext50_32x4d"
+
+
+def test_alexnet_has_the_krizhevsky_layers_with_batchnorm_and_fc7_features():
+    from models.backbones import AlexNet
+    net = AlexNet().eval()
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
+        (96, 11, 4), (256, 5, 1), (384, 3, 1), (384, 3, 1), (256, 3, 1)]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.features) == 5
+    assert net.features[:-1](torch.randn(1, 3, 224, 224)).shape == (1, 256, 6, 6)  # pool5 at 224 px, as AlexNet's
+    assert net(torch.randn(2, 3, 224, 224)).shape == (2, 4096) == (2, net.feat_dim)
+    small = AlexNet(width=0.125, cifar_stem=True, in_channels=1)
+    assert small(torch.randn(2, 1, 28, 28)).shape == (2, 512)
+
+
+@pytest.mark.slow
+def test_npid_trains_an_alexnet_probed_and_fine_tuned_from_its_export(tmp_path):
+    arch = ["--arch", "alexnet", "--iters", "2", "--knn_k", "20", "--root", str(tmp_path), "--num_negatives", "64"]
+    folder, metrics = train.main(TINY + arch + ["--problem", "npid"])
+    spec = saved(folder, "backbone.pth")["backbone_spec"]
+    assert spec["arch"] == "alexnet" and spec["width"] == 0.125 and spec["cifar_stem"]
+    assert saved(folder)["model"]["head.0.weight"].shape == (128, 512)  # NPID's fc8 on the fc7 features
+    probe = ["--encoder_ckpt", folder, "--subset", "512", "--knn_k", "20", "--root", str(tmp_path), "--test_subset", "1000"]
+    _, probed = train.main(["--problem", "eval", "--epochs", "1"] + probe)
+    assert probed["knn_acc1"] == metrics["knn_acc1"]
+    tuned, _ = train.main(["--problem", "finetune", "--iters", "2", "--batch_size", "64"] + probe)
+    assert saved(tuned)["backbone_spec"]["arch"] == "alexnet"

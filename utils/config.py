@@ -219,13 +219,14 @@ def add_backbone_args(p, head=True):
     g = p.add_argument_group("backbone and head" if head else "backbone")
     g.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                                                           "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                                                          "alexnet",
                                                           "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf",
                                                           "regnet_y_3_2gf", "regnet_y_8gf", "regnet_y_16gf",
                                                           "regnet_y_32gf", "regnet_y_128gf", "regnet"],
-                   help="backbone: a ResNet, a ResNeXt (grouped 3x3 convs: 32 groups of 4 channels, ...), a torchvision "
-                        "RegNetY, or `regnet` from the --regnet_* flags")
+                   help="backbone: a ResNet, a ResNeXt (grouped 3x3 convs: 32 groups of 4 channels, ...), AlexNet with "
+                        "BatchNorm (NPID's), a torchvision RegNetY, or `regnet` from the --regnet_* flags")
     g.add_argument("--width", type=POSITIVE, default=1.0,
-                   help="ResNet and ResNeXt width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
+                   help="ResNet, ResNeXt and AlexNet width multiplier of every layer (2 = RN50-w2; 0.25 for CPU runs)")
     g.add_argument("--cifar_stem", type=none_or(str2bool), default=None,
                    help="3x3 stem without max-pool (default: true for images of 64 px or less)")
     compat_group(p).add_argument("--stem_stride", type=int, default=1, choices=[1, 2], help="stride of the CIFAR stem's conv")
