@@ -6,6 +6,7 @@ data, loaders, evaluation, online probe and files), runs it on one process or ma
 utils/stops.py ends a run early on a signal or a non-finite step, and a failed write ends it here.
 """
 import os
+import shlex
 import sys
 import time
 
@@ -13,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from data.datasets import FeatureData, FolderData, load_data
-from data.loader import TrainBatches, steps_per_epoch, total_steps, unreadable_list
+from data.loader import TrainBatches, dead_worker, steps_per_epoch, total_steps, unreadable_list
 from models.dcv2 import DeepClusterV2
 from models.eval import LinearEval, lbfgs_step, on_validation, take_labelled, through_batch_norm
 from models.finetune import FineTune
@@ -410,6 +411,29 @@ def train(args):
             if run is None:
                 raise Failure(f"{(e.strerror or str(e)).lower()} while writing {e.filename}; no checkpoint was written")
             raise run.stops.write_failed(e) from None
+        except (RuntimeError, MemoryError) as e:  # out of memory, or a loader worker killed (the OOM killer, say)
+            why = out_of_memory(e, args) or dead_worker(e)
+            if why is None:
+                raise
+            where = (f"in step {run.step}; {run.stops.last_checkpoint()}; continue with: {resume_command(run.folder)}"
+                     if run is not None else "while the run was being built")
+            raise Failure(f"{why} {where}") from None
+        finally:
+            if run is not None:
+                run.batches.close()  # its loader's workers, whatever happened
+
+
+def out_of_memory(error, args):
+    """The one-line account of an allocation that failed, naming what shrinks the run, else None."""
+    text = str(error)
+    if not (isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "out of memory" in text.lower()):
+        return None
+    procs = dist.world_size()
+    device = "the GPU" if "CUDA" in text or isinstance(error, torch.OutOfMemoryError) else "the host"
+    crops = " --num_crops / --size_crops," if getattr(args, "num_crops", None) else ""
+    return (f"out of memory on {device} (a batch of {args.batch_size // procs} images a process): lower --batch_size "
+            f"({args.batch_size}),{crops} --width or --arch, or add processes")
 
 
 def finish(run, resumed_at_end):
@@ -426,7 +450,7 @@ def finish(run, resumed_at_end):
 
 def resume_command(folder):
     again = " and the same launch flags (--dist ddp ..., or under torchrun)" if dist.world_size() > 1 else ""
-    return f"python train.py --resume {folder}{again}"
+    return f"python train.py --resume {shlex.quote(folder)}{again}"
 
 
 def dry_run(args, sources):
@@ -475,6 +499,9 @@ def main(argv=None):
         if str(e):
             print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.code)
+    except KeyboardInterrupt:  # Ctrl-C before a run installs its handlers (waiting on --lock_wait, say)
+        print("train.py: error: stopped by signal 2 before training began", file=sys.stderr)
+        sys.exit(128 + 2)
     finally:
         runlog.release()  # the run folder's lock, for a caller that goes on (the kernel drops it at exit anyway)
 

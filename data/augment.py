@@ -266,6 +266,10 @@ def from_args(args, data, generator):
     lists = [args.num_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops]
     if len({len(l) for l in lists}) != 1:
         raise ValueError("num_crops, size_crops, min_scale_crops and max_scale_crops need one value per crop size")
+    for lo, hi in zip(args.min_scale_crops, args.max_scale_crops):
+        if lo > hi:
+            raise ValueError(f"--min_scale_crops {lo:g} is above --max_scale_crops {hi:g} for the same crop size: a crop's "
+                             f"area is drawn between the two")
     default_side = data.image_size
     small = default_side <= 32
     s = args.color_jitter_strength if args.color_jitter_strength is not None else (0.5 if small else 1.0)

@@ -317,7 +317,7 @@ def read_image_list(path, root):
     """The files named in a list of images, one a line, relative to the dataset's root (the folder holding train/
     and val/) or absolute, as absolute paths. Every file must exist: a list of another dataset is refused."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:  # (file names as the OS gave them)
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"image list {path} cannot be read ({type(e).__name__}: {e}): expected one image path a line")

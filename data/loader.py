@@ -8,6 +8,8 @@ import contextlib
 import io
 import math
 import os
+import re
+import signal
 import sys
 
 import numpy as np
@@ -44,6 +46,22 @@ def why_unreadable(path):
     except UNREADABLE as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
+
+
+def ignore_stop_signals(worker_id=None):
+    """A loader worker's start: SIGINT and SIGTERM are the training process's to act on. A terminal's Ctrl-C and
+    SLURM's or systemd's SIGTERM reach every process of the group; a worker that died of them would end the run with a
+    traceback before the training process could stop after its step with a checkpoint. The training process stops its
+    workers itself (TrainBatches.close); one whose training process died exits on its own (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def dead_worker(error):
+    """The one-line account of a RuntimeError that says a loader worker died (killed by the OOM killer, say), else
+    None."""
+    found = re.search(r"DataLoader worker \(pids? ?\(?s?\)? ?[^)]*\)[^.\n]*", str(error))
+    return found.group(0) if found else None
 
 
 @contextlib.contextmanager
@@ -315,6 +333,20 @@ class TrainBatches:
     def __len__(self):
         return len(self.data) // self.batch_size
 
+    def close(self):
+        """Stop the loader's worker processes, however the run ends: they ignore SIGTERM (ignore_stop_signals), so the
+        terminate that Python's exit would send them is not enough."""
+        it = getattr(self.loader, "_iterator", None) if self.loader is not None else None
+        if it is None:
+            return
+        workers = list(getattr(it, "_workers", []))
+        it._shutdown_workers()  # (a private method: the DataLoader offers no public way to end persistent workers)
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join()
+        self.loader._iterator = None
+
     def take_unreadable(self):
         found, self.unreadable = self.unreadable, set()
         return found
@@ -347,7 +379,7 @@ class TrainBatches:
             self.loader = torch.utils.data.DataLoader(
                 worker_side(self.data, self.crops, self.seed, self.draft), sampler=self.keys, batch_size=None,
                 num_workers=self.workers, persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers else None,
-                pin_memory=str(self.device).startswith("cuda"))
+                pin_memory=str(self.device).startswith("cuda"), worker_init_fn=ignore_stop_signals)
         self.keys.batches = [[(int(i), epoch) for i in idx] for idx in batches]
         for batch in self.loader:
             if self.decode == "device":
@@ -375,7 +407,7 @@ def eval_batches(data, batch_size, device, workers=0, size=224, indices=None):
         return
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(_EvalDataset(data, size), indices.tolist()),
                                          batch_size=batch_size, num_workers=workers,
-                                         pin_memory=str(device).startswith("cuda"))
+                                         pin_memory=str(device).startswith("cuda"), worker_init_fn=ignore_stop_signals)
     unreadable = []
     for x, y, failed in loader:
         unreadable += [data.paths[i] for i in failed.tolist() if i >= 0]
@@ -406,7 +438,7 @@ class UnreadableList:
         self.files = set()
         if os.path.exists(self.path):
             try:
-                with open(self.path, encoding="utf-8") as f:
+                with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
                     self.files = {line.strip() for line in f if line.strip()}
             except (OSError, UnicodeDecodeError) as e:
                 raise UserError(f"{self.path} cannot be read ({type(e).__name__}: {e}); remove it to start the list afresh")
@@ -428,7 +460,7 @@ class UnreadableList:
 
     def write(self):
         if dist.is_main():
-            text = "".join(f"{f}\n" for f in sorted(self.files)).encode()
+            text = "".join(f"{f}\n" for f in sorted(self.files)).encode("utf-8", "surrogateescape")  # the OS's bytes
             write_atomic(self.path, lambda f: f.write(text))
 
     def too_many(self):

@@ -37,6 +37,7 @@ def load_encoder(path):
             raise UserError(f"{where} ({found.layout} layout): {found.problem}")
         return types.SimpleNamespace(spec=found.spec, weights=found.weights, args=found.args, state=None,
                                      layout=found.layout)
+    checkpoint.verified(ckpt, path)
     spec, weights = checkpoint.backbone_weights(ckpt, path)
     problem = spec_problem(spec)
     if problem:

@@ -233,10 +233,6 @@ def test_damaged_lists_configs_checkpoints_and_logs_are_one_line(tmp_path, capsy
     with open(os.path.join(folder, "logs.csv"), "w") as f:
         f.write('iter,"train_loss\n1,')
     assert "logs.csv cannot be read" in refused_line(["--resume", folder, "--iters", "3"], capsys)
-    with open(os.path.join(folder, "params.yaml"), "w") as f:
-        f.write("name: [unclosed\n")
-    line = refused_line(["--resume", "auto", "--name", "x", "--root", str(logs)], capsys)
-    assert "params.yaml cannot be read" in line
 
 
 def holder(folder):

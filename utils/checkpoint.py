@@ -4,6 +4,7 @@
 alone; `restore` puts a checkpoint back into a model, its optimiser and its scaler.
 """
 import argparse
+import hashlib
 import os
 import pathlib
 import pickle
@@ -156,13 +157,53 @@ def load(path, mmap=False):
 
 
 def saved_args(path):
-    """The flags of the run a training checkpoint continues; an exported backbone.pth is refused."""
+    """The flags of the run a training checkpoint continues; an exported backbone.pth is refused, as is a file whose
+    flags name no problem."""
     ckpt = load(path, mmap=True)
-    missing = [k for k in ("step", "model", "optimizer", "rng") if k not in ckpt]
+    missing = [k for k in ("step", "model") if k not in ckpt]
     if missing:
         raise UserError(f"{resolve(path)} holds no training state ({', '.join(missing)}): --resume takes a run folder "
                         f"or its {CHECKPOINT}, not an exported {BACKBONE}")
+    if not isinstance(ckpt["args"].get("problem"), str):
+        raise UserError(f"{resolve(path)}: its saved flags name no problem (a pruned or foreign file): it cannot be "
+                        f"resumed")
     return ckpt["args"]
+
+
+def digest(value, h=None):
+    """A BLAKE2b checksum of a checkpoint's contents: every tensor's dtype, shape and bytes, every other value's
+    repr, dict keys in sorted order. A flipped bit anywhere in a tensor changes it."""
+    top = h is None
+    h = h or hashlib.blake2b(digest_size=16)
+    if torch.is_tensor(value):
+        h.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            h.update(repr(key).encode())
+            digest(value[key], h)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            digest(item, h)
+    else:
+        h.update(repr(value).encode())
+    return h.hexdigest() if top else None
+
+
+def sealed(state):
+    """`state` with the checksum of its contents (`digest`), which `verified` checks."""
+    return dict(state, checksum=digest(state))
+
+
+def verified(ckpt, path):
+    """`ckpt` after checking its contents against the checksum saved with it: a mismatch (a flipped bit, a damaged
+    disk) is one line naming the file. A file saved before checksums were kept has none and passes."""
+    saved = ckpt.get("checksum")
+    if saved is not None and digest({k: v for k, v in ckpt.items() if k != "checksum"}) != saved:
+        raise UserError(f"{resolve(path)} is corrupt: its contents do not match the checksum they were saved with (a "
+                        f"damaged disk or copy); restore it from a copy, or start afresh")
+    return ckpt
 
 
 def backbone_weights(ckpt, path):
@@ -182,17 +223,17 @@ def save(folder, step, total, epoch, args, model, optimizer, scaler, probe=None)
     rank. A failed write raises the OSError, naming the file; the checkpoint before it stays intact."""
     per_rank = dist.gather_to_0((rng_state(model.generators), model.rank_state()))
     if dist.is_main():
-        save_atomic(dict(args=vars(args), backbone_spec=model.backbone_spec, step=step, total=total, epoch=epoch,
-                         model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank],
-                         **(dict(online_probe=probe.state_dict()) if probe else {})),
+        save_atomic(sealed(dict(args=vars(args), backbone_spec=model.backbone_spec, step=step, total=total, epoch=epoch,
+                                model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                rng=[r for r, _ in per_rank], rank_state=[s for _, s in per_rank],
+                                **(dict(online_probe=probe.state_dict()) if probe else {}))),
                     os.path.join(folder, CHECKPOINT))
 
 
 def export_backbone(folder, args, model):
     """Rank 0 writes backbone.pth, the backbone alone with the spec that rebuilds it; every rank must call it."""
     if dist.is_main():
-        save_atomic(dict(args=vars(args), backbone_spec=model.backbone_spec, backbone=model.backbone.state_dict()),
+        save_atomic(sealed(dict(args=vars(args), backbone_spec=model.backbone_spec, backbone=model.backbone.state_dict())),
                     os.path.join(folder, BACKBONE))
     dist.barrier()  # no rank exits (and gets its peers stopped) while rank 0 writes
 
@@ -201,29 +242,43 @@ def restore(path, model, optimizer, scaler, probe=None):
     """Load the checkpoint at `path` into them (and the online probe, when both have one); returns its step. An optimiser other than the checkpoint's (or
     with other parameter groups) starts afresh, with a warning. On another number of processes than it was
     saved with, the random streams start afresh (distinct per rank and per resume point) and per-rank state
-    (SwAV's queue, DeepCluster-v2's banks) is rebuilt by the model."""
-    ckpt = load(path)
+    (SwAV's queue, DeepCluster-v2's banks) is rebuilt by the model; so, with a warning, for a file of an older layout
+    that lacks them, or its optimiser's or gradient scaler's state. A file whose contents fail their checksum is
+    refused in one line."""
+    ckpt = verified(load(path), path)
     check_shapes(ckpt, model, path)
     model.load_state_dict(ckpt["model"])
     saved_opt = ckpt["args"].get("opt")
     try:
         if saved_opt != model.args.opt:
             raise ValueError(f"the checkpoint's optimiser is {saved_opt}")
+        if "optimizer" not in ckpt:
+            raise ValueError("the checkpoint holds no optimiser state")
         optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:  # another optimiser, or other parameter groups: its state does not carry over
-        if dist.is_main():
-            print(f"warning: --opt {model.args.opt} starts afresh ({e}); weights, step and schedule continue",
-                  file=sys.stderr)
-    scaler.load_state_dict(ckpt["scaler"])
+        warn(f"--opt {model.args.opt} starts afresh ({e}); weights, step and schedule continue")
+    if "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    elif scaler.is_enabled():
+        warn("the checkpoint holds no gradient scaler state: fp16's loss scale starts afresh")
     if probe and "online_probe" in ckpt:
         probe.load_state_dict(ckpt["online_probe"])
     step = ckpt["step"]
-    if len(ckpt["rng"]) == dist.world_size():
+    if "rng" not in ckpt or "rank_state" not in ckpt:
+        warn(f"{resolve(path)} is of an older layout without every rank's random streams and state: they start afresh "
+             f"from the resume step, so the run does not end as an uninterrupted one would")
+        reseed(model.generators, model.args.seed, step)
+    elif len(ckpt["rng"]) == dist.world_size():
         set_rng_state(ckpt["rng"][dist.rank()], model.generators)
         model.load_rank_state(ckpt["rank_state"][dist.rank()])
     else:
         reseed(model.generators, model.args.seed, step)
     return step
+
+
+def warn(line):
+    if dist.is_main():
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def reseed(generators, seed, step):

@@ -13,6 +13,7 @@ import argparse
 import math
 import operator
 import os
+import reprlib
 import sys
 
 import yaml
@@ -29,7 +30,7 @@ def str2bool(s):
         return True
     if value in ("false", "f", "no", "n", "0", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {shown(s)}")
 
 
 class Range:
@@ -51,7 +52,8 @@ class Range:
         x = self.cast(s)
         inside = math.isfinite(x) and all(test(x, limit) for _, test, limit in self.limits)
         if not inside and x not in self.also:
-            raise argparse.ArgumentTypeError(f"{s} is out of range: must be {self.text}")
+            raise argparse.ArgumentTypeError(f"{shown(s)[1:-1] if isinstance(s, str) else s} is out of range: must be "
+                                             f"{self.text}")
         return x
 
 
@@ -155,7 +157,7 @@ def add_common_args(p):
     g.add_argument("--world_size", type=INT1, default=1, help="number of nodes")
     g.add_argument("--num_proc_per_node", type=Range(int, ge=1, also=(-1,)), default=-1,
                    help="processes on this node; -1: one per GPU (1 without GPUs)")
-    g.add_argument("--dist_timeout", type=POSITIVE, default=1800,
+    g.add_argument("--dist_timeout", type=Range(float, gt=0, le=1e7), default=1800,
                    help="seconds a collective may wait for another rank before this one gives up and exits")
     g.add_argument("--sync_bn", type=str2bool, default=False,
                    help="convert every BatchNorm to SyncBatchNorm (needs GPUs)")
@@ -168,7 +170,7 @@ def add_common_args(p):
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=INT1, default=256, help="global batch size in images, over all processes")
-    g.add_argument("--epochs", type=NONNEGATIVE, default=100, help="length of training in epochs")
+    g.add_argument("--epochs", type=Range(float, ge=0, le=1e6), default=100, help="length of training in epochs")
     g.add_argument("--iters", type=Range(int, ge=-1), default=-1,
                    help="total optimiser steps; overrides --epochs when >= 0")
     compat_group(p).add_argument("--step_count", default="epochs", choices=["epochs", "simclr"],
@@ -296,6 +298,15 @@ def find_action(parser, key):
     return None
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def shown(value):
+    """A value as an error line shows it: a short repr, never built whole (a YAML alias bomb expands to megabytes)."""
+    return _SHORT.repr(value)
+
+
 def _convert(action, key, value):
     """One YAML value through the flag's own converter, type and range, so a config means what the same value on
     the command line means. YAML's own types are not guessed at: a boolean where a number or a name is expected
@@ -304,10 +315,10 @@ def _convert(action, key, value):
         if isinstance(v, bool) and not (action.type is str2bool or getattr(action.type, "inner", None) is str2bool):
             raise UserError(f"config key '{key}': {str(v).lower()} is a YAML boolean, not a value of --{key}")
         if v is None or isinstance(v, (list, dict)):
-            raise UserError(f"config key '{key}': {'null' if v is None else repr(v)} is not a value of --{key}")
+            raise UserError(f"config key '{key}': {'null' if v is None else shown(v)} is not a value of --{key}")
         if action.type is None:
             if not isinstance(v, (str, int)):
-                raise UserError(f"config key '{key}': {v!r} is not a name or text (quote it in the YAML)")
+                raise UserError(f"config key '{key}': {shown(v)} is not a name or text (quote it in the YAML)")
             out = str(v)
         else:
             try:
@@ -315,9 +326,9 @@ def _convert(action, key, value):
             except argparse.ArgumentTypeError as e:
                 raise UserError(f"config key '{key}': {e}")
             except (ValueError, TypeError, OverflowError):
-                raise UserError(f"config key '{key}': {v!r} is not a valid {getattr(action.type, '__name__', 'value')}")
+                raise UserError(f"config key '{key}': {shown(v)} is not a valid {getattr(action.type, '__name__', 'value')}")
         if action.choices is not None and out not in action.choices:
-            raise UserError(f"config key '{key}': {v!r} is not one of {list(action.choices)}")
+            raise UserError(f"config key '{key}': {shown(v)} is not one of {list(action.choices)}")
         return out
     if value is None:
         if action.default in (None, "", []):
@@ -331,7 +342,7 @@ def _convert(action, key, value):
         return [one(v) for v in values]
     if isinstance(action.nargs, int):
         if not isinstance(value, list) or len(value) != action.nargs:
-            raise UserError(f"config key '{key}' takes a list of {action.nargs} values, got {value!r}")
+            raise UserError(f"config key '{key}' takes a list of {action.nargs} values, got {shown(value)}")
         return [one(v) for v in value]
     return one(value)
 
@@ -353,8 +364,11 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def read_config(path):
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"config file not found: {path}")
+    if not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a pipe or a device)"
+        raise UserError(f"--config {path} is {what}: give a YAML file")
     try:
         with open(path, encoding="utf-8") as f:
             cfg = yaml.load(f, Loader=_StrictLoader) or {}

@@ -97,6 +97,7 @@ def launch(fn, args):
         raise UserError(f"--node_rank {args.node_rank} must be in [0, --world_size {args.world_size})")
     if ":" not in args.dist_address:
         raise UserError(f"--dist_address {args.dist_address!r} must be host:port")
+    check_host(args.dist_address)
     if args.node_rank == 0:
         check_port(args.dist_address)
     nprocs = procs_per_node(args)
@@ -104,6 +105,10 @@ def launch(fn, args):
         raise UserError(f"--num_proc_per_node {nprocs} is more than the {torch.cuda.device_count()} GPUs here")
     logger = logging.getLogger("torch.multiprocessing.spawn")
     handlers, level = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}, logger.level
+    warnings = os.environ.get("PYTHONWARNINGS")
+    # a rank killed mid-run leaves its semaphores to multiprocessing's resource tracker (started with the first one, the
+    # results queue's), whose warnings would follow the launcher's one line
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [warnings, "ignore::UserWarning:multiprocessing.resource_tracker"]))
     results = mp.get_context("spawn").SimpleQueue()
     try:
         logger.setLevel(logging.ERROR)  # this launcher says why it stopped the processes
@@ -132,6 +137,20 @@ def launch(fn, args):
             signal.signal(sig, handler)
         logger.setLevel(level)
         results.close()
+        if warnings is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = warnings
+
+
+def check_host(address):
+    """A host name that does not resolve is one line now, not a rendezvous retried for the whole --dist_timeout."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"--dist_address {address!r}: the host {host!r} does not resolve ({e}): give node 0's name or "
+                        f"address as every node reaches it")
 
 
 def check_port(address):

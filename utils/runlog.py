@@ -82,10 +82,13 @@ def hold(folder, wait=0.0):
                 print(f"waiting up to {wait:g} s for {holder}, which is training {folder}", flush=True)
                 told = True
             time.sleep(min(1.0, max(0.0, deadline - time.time())))
-    os.ftruncate(fd, 0)
-    os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n"
-             .encode())
     _held[folder] = fd
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n"
+                 .encode())
+    except OSError as e:  # a full disk: the lock is held all the same, but say which file could not be written
+        raise OSError(e.errno, e.strerror, path) from None
 
 
 def _holder(fd):
@@ -139,20 +142,17 @@ def resumed_run(run):
 
 
 def unfinished_run(root, name, problem=None, lock=None):
-    """The newest run folder named `name` (of `problem`, when given) in the exman root if it is not finished (no
-    runlog.DONE: stopped before or during its last step, evaluation or save), else None. Runs without a
-    checkpoint yet are passed over. With `lock` (the wait in seconds), the run found is held by this process,
-    after waiting for the process that trains it, if any."""
-    runs = os.path.join(root, "runs")
-    folders = sorted(os.listdir(runs), reverse=True) if os.path.isdir(runs) else []  # exman numbers them: newest last
-    for folder in folders:
-        params_file = os.path.join(runs, folder, PARAMS_FILE)
-        if not os.path.isfile(params_file):
+    """The newest run folder named `name` (of `problem`, when given) in the exman root, indexed or scratch (--tmp), if
+    it is not finished (no runlog.DONE: stopped before or during its last step, evaluation or save), else None. Runs
+    without a checkpoint yet are passed over. A run whose params.yaml is empty or unreadable (a power loss while it
+    was written) is recognised by its checkpoint's flags, and said so. With `lock` (the wait in seconds), the run
+    found is held by this process, after waiting for the process that trains it, if any."""
+    folders = [os.path.join(root, kind, f) for kind in ("runs", "tmp") if os.path.isdir(os.path.join(root, kind))
+               for f in os.listdir(os.path.join(root, kind))]
+    for folder in sorted(folders, key=os.path.basename, reverse=True):  # exman numbers runs and tmp together
+        params = run_params(folder)
+        if params is None or params.get("name") != name or (problem and params.get("problem") != problem):
             continue
-        params = _read_params(params_file)
-        if params.get("name") != name or (problem and params.get("problem") != problem):
-            continue
-        folder = os.path.join(runs, folder)
         if lock is not None:  # a live run of this name is waited for (or refused) even before its first checkpoint
             hold(folder, lock)
         if not os.path.isfile(os.path.join(folder, checkpoint.CHECKPOINT)):
@@ -163,6 +163,27 @@ def unfinished_run(root, name, problem=None, lock=None):
         release(folder)
         return None
     return None
+
+
+def run_params(folder):
+    """A run folder's flags: its params.yaml, or where that is empty or unreadable, its checkpoint's; None when it has
+    neither (not a run folder, or one made before its first checkpoint whose params.yaml was lost)."""
+    path = os.path.join(folder, PARAMS_FILE)
+    try:
+        params = _read_params(path) if os.path.isfile(path) else None
+    except UserError:
+        params = None
+    if params:
+        return params
+    if not os.path.isfile(os.path.join(folder, checkpoint.CHECKPOINT)):
+        return None
+    try:
+        saved = checkpoint.load(folder, mmap=True)["args"]
+    except UserError:
+        return None
+    print(f"{path} is {'unreadable' if os.path.isfile(path) else 'missing'} or empty: the run is known by the flags "
+          f"its checkpoint saved (name {saved.get('name')!r}, problem {saved.get('problem')!r})", file=sys.stderr)
+    return saved
 
 
 def read_rows(path):
@@ -205,10 +226,16 @@ class RunLog:
                                 f"move it aside and resume again to start a new one")
 
     def print(self, *parts):
-        line = " ".join(str(p) for p in parts)
+        """The line on stdout and, timestamped, in log.txt; a path that is not UTF-8 is shown escaped. A failed write
+        raises an OSError naming log.txt."""
+        line = " ".join(str(p) for p in parts).encode("utf-8", "backslashreplace").decode("utf-8")
         print(line, flush=True)
-        with open(os.path.join(self.folder, "log.txt"), "a") as f:
-            f.write(f"[{datetime.datetime.now():%Y-%m-%d %H:%M:%S}] {line}\n")
+        path = os.path.join(self.folder, "log.txt")
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"[{datetime.datetime.now():%Y-%m-%d %H:%M:%S}] {line}\n")
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
 
     def row(self, **values):
         values = {k: cell(v) for k, v in values.items()}

@@ -1,0 +1,155 @@
+"""Faults where runs really run: signals to the whole process group, loader workers that die, checkpoints that rot or
+come from an older layout, names the OS gives as bytes, values the front door must refuse, a rendezvous that cannot
+be reached. Each ends in one line, or is survived."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import train
+from conftest import HANG, ROOT, TINY, only_run, saved, start_train, train_cli
+from test_bad_data import folder_run, image_folder, refused_line
+from utils import checkpoint
+
+
+def wait_for_line(stream, text):
+    """Read `stream` until a line holds `text`; returns the lines read."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the process ended without printing {text!r}: {''.join(lines)[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_stops_after_the_step_with_a_checkpoint(tmp_path, sig):
+    """SLURM's and systemd's SIGTERM, a terminal's Ctrl-C: every process of the group gets it, the loader's workers
+    too; they leave it to the training process, which stops after its step with a checkpoint and resumes."""
+    data = image_folder(tmp_path / "data", broken={})
+    proc = start_train(folder_run(data, tmp_path / "logs", "--iters", "200", "--workers", "2", "--log_freq", "1",
+                                  "--save_freq", "1000"), start_new_session=True)
+    wait_for_line(proc.stdout, "run folder")
+    folder = only_run(tmp_path / "logs")
+    while not (folder / "logs.csv").exists():  # a step done: the workers are up and serving batches
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=HANG)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    step = saved(folder)["step"]
+    assert 0 < step < 200 and f"stopped by signal {int(sig)} at step {step}" in open(folder / "log.txt").read()
+
+
+@pytest.mark.slow
+def test_a_loader_worker_killed_alone_is_one_line_naming_the_intact_checkpoint(tmp_path):
+    data = image_folder(tmp_path / "data", broken={})
+    proc = start_train(folder_run(data, tmp_path / "logs", "--iters", "400", "--workers", "2", "--log_freq", "1"))
+    wait_for_line(proc.stdout, "run folder")
+    folder = only_run(tmp_path / "logs")
+    while not (folder / "logs.csv").exists():
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[0]), signal.SIGKILL)  # as the OOM killer does
+    out, err = proc.communicate(timeout=HANG)
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert proc.returncode == 1 and len(lines) == 1, err
+    assert "DataLoader worker" in lines[0] and ("no checkpoint was written" in lines[0] or "is intact" in lines[0])
+
+
+def test_ctrl_c_while_waiting_for_a_held_run_is_one_line(tmp_path):
+    from test_bad_data import holder
+    folder, _ = train.main(TINY + ["--iters", "1", "--eval_freq", "-1", "--root", str(tmp_path)])
+    held = holder(folder)
+    try:
+        proc = start_train(["--resume", folder, "--lock_wait", "600"])
+        wait_for_line(proc.stdout, "waiting up to")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        held.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and lines == ["train.py: error: stopped by signal 2 before training began"], err
+
+
+def test_a_rendezvous_host_that_does_not_resolve_and_values_out_of_reach_are_one_line(tmp_path, capsys):
+    root = ["--root", str(tmp_path)]
+    line = refused_line(TINY + root + ["--dist", "ddp", "--dist_address", "no-such-host.invalid:29500",
+                                       "--num_proc_per_node", "2"], capsys, tmp_path)
+    assert "the host 'no-such-host.invalid' does not resolve" in line
+    assert "out of range" in refused_line(TINY + root + ["--dist_timeout", "1e16"], capsys, tmp_path)
+    assert "out of range" in refused_line(TINY + root + ["--epochs", "1e308"], capsys, tmp_path)
+    line = refused_line(TINY + root + ["--min_scale_crops", "0.5", "--max_scale_crops", "0.3"], capsys, tmp_path)
+    assert "--min_scale_crops 0.5 is above --max_scale_crops 0.3" in line
+    bomb = "name: [&a [x, x, x, x, x, x, x, x, x], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], " \
+           "&c [*b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c], [*d, *d, *d, *d]]\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    line = refused_line(["--config", str(tmp_path / "bomb.yaml")] + root, capsys, tmp_path)
+    assert len(line) < 300 and "is not a value of --name" in line
+    assert "is a folder: give a YAML file" in refused_line(["--config", str(tmp_path)] + root, capsys, tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    line = refused_line(["--config", str(tmp_path / "fifo")] + root, capsys, tmp_path)
+    assert "is not a regular file" in line
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_one_line_and_an_older_layout_resumes_with_a_warning(tmp_path, capsys):
+    folder, _ = train.main(TINY + ["--iters", "2", "--eval_freq", "-1", "--root", str(tmp_path)])
+    ckpt = saved(folder)
+    weight = next(k for k in ckpt["model"] if k.endswith("conv1.weight"))
+    ckpt["model"][weight].view(-1).view(torch.int32)[7] ^= 1 << 3  # one bit of one weight, as a bad disk flips it
+    torch.save(ckpt, os.path.join(folder, checkpoint.CHECKPOINT))
+    line = refused_line(["--resume", folder, "--iters", "3"], capsys)
+    assert line.endswith("checkpoint.pth.tar is corrupt: its contents do not match the checksum they were saved with "
+                         "(a damaged disk or copy); restore it from a copy, or start afresh")
+    line = refused_line(["--problem", "eval", "--encoder_ckpt", folder, "--root", str(tmp_path)], capsys)
+    assert "is corrupt" in line
+    old = {k: v for k, v in saved(folder).items() if k not in ("scaler", "rank_state", "rng", "checksum")}
+    torch.save(old, os.path.join(folder, checkpoint.CHECKPOINT))  # an older layout, or a pruned file
+    resumed, _ = train.main(["--resume", folder, "--iters", "3"])
+    assert saved(resumed)["step"] == 3 and "of an older layout" in capsys.readouterr().err
+    torch.save(dict(old, args={k: v for k, v in old["args"].items() if k != "problem"}),
+               os.path.join(folder, checkpoint.CHECKPOINT))
+    assert "its saved flags name no problem" in refused_line(["--resume", folder], capsys)
+
+
+def test_resume_auto_finds_a_scratch_run_and_a_run_whose_params_yaml_was_lost(tmp_path, capsys):
+    base = TINY + ["--eval_freq", "-1", "--root", str(tmp_path), "--resume", "auto", "--name", "job", "--iters", "4"]
+    first = train_cli(base[:-1] + ["2", "--tmp", "true"])
+    assert first.returncode == 0, first.stderr
+    (scratch,) = (tmp_path / "tmp").iterdir()
+    os.remove(scratch / "done.yaml")  # unfinished, as if stopped in its last phase: --iters 4 continues it
+    again, _ = train.main(base + ["--tmp", "true"])
+    assert again == str(scratch) and saved(again)["step"] == 4  # the scratch run continued, not a new one
+    indexed = train_cli(base[:-1] + ["2"])
+    assert indexed.returncode == 0, indexed.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    os.remove(run / "done.yaml")
+    (run / "params.yaml").write_text("")  # a power loss while it was written
+    continued, _ = train.main(base)
+    assert continued == str(run) and saved(run)["step"] == 4
+    assert "the run is known by the flags its checkpoint saved (name 'job'" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_and_the_run_goes_on(tmp_path):
+    data = image_folder(tmp_path / "data", broken={})
+    good = next((data / "train" / "a").iterdir())
+    latin = os.path.join(os.fsencode(data / "train" / "a"), b"caf\xe9.jpg")  # an archive unzipped from Windows
+    os.rename(os.fsencode(good), latin)
+    with open(os.path.join(os.fsencode(data / "train" / "a"), b"broken-\xe9.jpg"), "wb") as f:
+        f.write(b"not a jpeg")
+    result = train_cli(folder_run(data, tmp_path / "logs", "--iters", "3", "--max_unreadable", "0.5"))
+    assert result.returncode == 0, result.stderr
+    listed = open(only_run(tmp_path / "logs") / "unreadable.txt", "rb").read()
+    assert b"broken-\xe9.jpg" in listed  # the bytes the OS gave, as --skip_images reads them back
+
+
+def test_the_continue_command_is_shell_quoted(tmp_path):
+    root = tmp_path / "my runs"
+    folder, _ = train.main(TINY + ["--iters", "1", "--eval_freq", "-1", "--root", str(root)])
+    assert train.resume_command(folder) == f"python train.py --resume '{folder}'"
