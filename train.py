@@ -371,9 +371,9 @@ def open_run(args, signals):
                 checkpoint.write_atomic(os.path.join(folder, name), lambda f, text=text: f.write(text))
     if log:
         log.print(f"resuming {folder} at step {step}" if args.resume else f"run folder {folder}")
-        for line in model.warnings() + [too_big_for(device, data_sized_state(args, data, model, dist.world_size()))]:
-            if line:
-                log.print(line)
+        big = too_big_for(device, data_sized_state(args, data, model, dist.world_size())) if device.type == "cuda" else None
+        for line in model.warnings() + ([big] if big else []):
+            log.print(line)
     return Run(args, data, model, net, optimizer, scaler, probe, folder, log, step, signals)
 
 
