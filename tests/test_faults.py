@@ -153,3 +153,22 @@ def test_the_continue_command_is_shell_quoted(tmp_path):
     root = tmp_path / "my runs"
     folder, _ = train.main(TINY + ["--iters", "1", "--eval_freq", "-1", "--root", str(root)])
     assert train.resume_command(folder) == f"python train.py --resume '{folder}'"
+
+
+def test_a_checkpoint_of_an_earlier_commit_resumes_to_that_commits_own_weights(tmp_path):
+    """tests/fixtures/checkpoint_9b0dfa0: 3 steps of a run made by commit 9b0dfa0, and the weights that commit's own
+    uninterrupted run had after 6. Resumed here to 6 steps, the run ends with them: bit for bit on the CPU they were
+    made on (an AMD EPYC with AVX-512 BF16), within float rounding on another."""
+    import shutil
+    fixture = os.path.join(ROOT, "tests", "fixtures", "checkpoint_9b0dfa0")
+    folder = tmp_path / "runs" / "000001-fixture"
+    folder.mkdir(parents=True)
+    for name in ("checkpoint.pth.tar", "params.yaml", "logs.csv"):
+        shutil.copy(os.path.join(fixture, name), folder / name)
+    resumed = train_cli(["--resume", str(folder), "--iters", "6"], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr
+    expected = torch.load(os.path.join(fixture, "uninterrupted_step6.pt"), weights_only=True)
+    ckpt = saved(folder)
+    assert ckpt["step"] == expected["step"] == 6
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -48,3 +48,34 @@ def test_notebook_on_a_root_without_runs_says_so_in_one_line(tmp_path, monkeypat
 def test_read_logs_on_pretraining_runs_only_plots_them_and_says_no_probe_yet(pretrained_only, monkeypatch):
     outputs, images = execute("read_logs", pretrained_only, monkeypatch)
     assert images == 2 and "no linear-evaluation run yet" in outputs  # losses and kNN, monitors
+
+
+@pytest.mark.slow
+def test_the_notebooks_show_the_runs_they_can_and_name_in_one_line_those_they_cannot(pretrained_only, tmp_path,
+                                                                                     monkeypatch):
+    """A real root: a run folder deleted by hand (its index link dangles), one run's logs.csv garbled, another's
+    params.yaml that the YAML loader rejects, and the newest run trained on an image folder."""
+    import shutil
+    root = tmp_path / "root"
+    shutil.copytree(pretrained_only, root, symlinks=True)
+    (good,) = (root / "runs").iterdir()
+    for num, damage in ((2, "gone"), (3, "logs"), (4, "params"), (5, "folder")):
+        copy = root / "runs" / good.name.replace("000001", f"00000{num}")
+        shutil.copytree(good, copy)
+        params = (copy / "params.yaml").read_text().replace("id: 1", f"id: {num}")
+        (copy / "params.yaml").write_text(params)
+        (root / "index" / f"{copy.name}.yaml").symlink_to(os.path.join("..", "runs", copy.name, "params.yaml"))
+        if damage == "gone":
+            shutil.rmtree(copy)
+        elif damage == "logs":
+            (copy / "logs.csv").write_text('iter,"train_loss\n1,')
+        elif damage == "params":
+            (copy / "params.yaml").write_text("name: [unclosed\n")
+        else:
+            (copy / "params.yaml").write_text(params.replace("data: fmnist", "data: folder"))
+    outputs, images = execute("read_logs", root, monkeypatch)
+    assert images == 2 and "no linear-evaluation run yet" in outputs
+    assert "left out 000002" in outputs and "dangling" in outputs and "left out 000004" in outputs
+    assert "left out the logs of run 3" in outputs
+    outputs, images = execute("model_apply", root, monkeypatch)
+    assert "run 1 (simclr" in outputs and images == 1  # the image-folder run is passed over, not a traceback

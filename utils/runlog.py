@@ -250,3 +250,41 @@ class RunLog:
         writer.writerows([row.get(k, "") for k in columns] for row in self.rows)
         text = out.getvalue().encode()
         write_atomic(os.path.join(self.folder, LOGS_CSV), lambda f: f.write(text))
+
+
+def runs_table(root, say=print):
+    """Every indexed run under the exman root `root` as a pandas DataFrame, a row per run (its flags, `id`, `root`,
+    `time`, and `folder`), newest last, for notebooks. Each run is read on its own, with a YAML safe loader (nothing in
+    a run folder is unpickled or evaluated); a damaged or odd one (a dangling index link, a params.yaml that does not
+    parse or is not a mapping) is left out with one line naming it, given to `say`."""
+    import pandas as pd  # (imported here: a run never needs it)
+    index = os.path.join(root, "index")
+    rows = []
+    for name in sorted(os.listdir(index)) if os.path.isdir(index) else []:
+        link = os.path.join(index, name)
+        folder = os.path.dirname(os.path.realpath(link))
+        try:
+            params = _read_params(link)
+        except UserError as e:
+            say(f"left out {name}: {e if os.path.exists(link) else 'its run folder is gone (a dangling index link)'}")
+            continue
+        rows.append(dict(params, folder=folder))
+    table = pd.DataFrame(rows)
+    return table.sort_values("id").reset_index(drop=True) if "id" in table else table
+
+
+def logs_table(runs, say=print):
+    """The logs.csv rows of the runs of `runs` (runs_table's), with their `id` and `problem`; a run whose logs.csv is
+    missing or garbled is left out with one line naming it."""
+    import pandas as pd
+    frames = []
+    for _, run in runs.iterrows():
+        path = os.path.join(run["folder"], LOGS_CSV)
+        if not os.path.exists(path):
+            continue
+        try:
+            read_rows(path)  # the same checks as a resume's: a torn or garbled file is said, not parsed half-way
+            frames.append(pd.read_csv(path).assign(id=run["id"], problem=run.get("problem")))
+        except (OSError, ValueError, csv.Error, UnicodeDecodeError, pd.errors.ParserError) as e:
+            say(f"left out the logs of run {run['id']} ({path}): {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "problem", "iter"])
