@@ -78,4 +78,4 @@ def test_the_notebooks_show_the_runs_they_can_and_name_in_one_line_those_they_ca
     assert "left out 000002" in outputs and "dangling" in outputs and "left out 000004" in outputs
     assert "left out the logs of run 3" in outputs
     outputs, images = execute("model_apply", root, monkeypatch)
-    assert "run 1 (simclr" in outputs and images == 1  # the image-folder run is passed over, not a traceback
+    assert "run 3 (simclr" in outputs and images == 1  # the image-folder run 5 is passed over, not a traceback
