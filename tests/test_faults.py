@@ -172,3 +172,58 @@ def test_a_checkpoint_of_an_earlier_commit_resumes_to_that_commits_own_weights(t
     assert ckpt["step"] == expected["step"] == 6
     for key, value in expected["model"].items():
         torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_an_allocation_that_fails_is_one_line_naming_what_shrinks_the_run(tmp_path, capsys, monkeypatch):
+    from models.simclr import SimCLR
+    real = SimCLR.forward
+
+    def forward(self, batch, step):
+        if step == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, batch, step)
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    with pytest.raises(SystemExit) as stop:
+        train.main(TINY + ["--iters", "3", "--save_freq", "1", "--eval_freq", "-1", "--root", str(tmp_path)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert stop.value.code == 1 and len(lines) == 1
+    assert lines[0].startswith("train.py: error: out of memory on the GPU (a batch of 64 images a process): lower "
+                               "--batch_size (64), --num_crops / --size_crops, --width or --arch, or add processes "
+                               "in step 1; the checkpoint of step 1 is intact; continue with: python train.py --resume")
+
+
+@pytest.mark.parametrize("where", ["train.lock", "the first line of log.txt", "a later line of log.txt",
+                                   "label_subset.txt"])
+def test_a_full_disk_while_the_run_writes_its_folder_is_one_line(tmp_path, capsys, monkeypatch, where):
+    import builtins
+    import errno
+    from utils import runlog
+    full = OSError(errno.ENOSPC, "No space left on device")
+    writes = []
+    if where == "train.lock":
+        real_write = os.write
+        monkeypatch.setattr(runlog.os, "write", lambda fd, data: (_ for _ in ()).throw(full) if b"pid" in data
+                            else real_write(fd, data))
+    else:
+        real_open = builtins.open
+
+        def opened(path, mode="r", *args, **kw):
+            name = os.path.basename(str(path))
+            if "log.txt" in where and name == "log.txt" and "a" in mode:
+                writes.append(path)
+                if where.startswith("the first") or len(writes) > 1:
+                    raise full
+            if where == "label_subset.txt" and name.startswith("label_subset.txt"):
+                raise full
+            return real_open(path, mode, *args, **kw)
+        monkeypatch.setattr(builtins, "open", opened)
+    flags = TINY + ["--iters", "2", "--eval_freq", "0", "--knn_k", "20", "--root", str(tmp_path)]
+    if where == "label_subset.txt":
+        flags = ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "512", "--label_fraction", "0.1",
+                 "--iters", "2", "--test_subset", "1000", "--root", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        train.main(flags)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
+    assert stop.value.code == 1 and len(lines) == 1, lines
+    name = where.split()[-1] if where != "train.lock" else "train.lock"
+    assert lines[0].startswith("train.py: error: no space left on device while writing ") and name in lines[0]
