@@ -5,6 +5,7 @@ loss and at most a few hooks (models/base.py states the contract); this file bui
 data, loaders, evaluation, online probe and files), runs it on one process or many, logs, checkpoints and resumes;
 utils/stops.py ends a run early on a signal or a non-finite step, and a failed write ends it here.
 """
+import functools
 import os
 import shlex
 import sys
@@ -346,8 +347,9 @@ class Run:
         return metrics
 
 
-def open_run(args, signals):
-    """The problem built, its run folder made (or the resumed one read back) and its Run at the step to go on from."""
+def open_run(args, signals, auto=False):
+    """The problem built, its run folder made (or the resumed one read back) and its Run at the step to go on from.
+    `auto`: a --resume auto launch that found no run to continue (runlog.create_run_folder)."""
     device = dist.pick_device(args.device)
     args, data, model, optimizer, scaler = build(args, device)
     if args.batch_size > len(data.train):
@@ -362,7 +364,7 @@ def open_run(args, signals):
         if dist.is_main():
             checkpoint.remove_stale_temporaries(folder)
     else:
-        folder = dist.broadcast_object(create_run_folder(args) if dist.is_main() else None)
+        folder = dist.broadcast_object(create_run_folder(args, auto) if dist.is_main() else None)
     log = RunLog(folder, resume_step=step if args.resume else None) if dist.is_main() else None
     if log and not args.resume:  # a probe's or fine-tuning's labelled and held-out images
         for name, lines in (("label_subset.txt", data.label_subset), ("validation.txt", data.validation_subset)):
@@ -377,15 +379,16 @@ def open_run(args, signals):
     return Run(args, data, model, net, optimizer, scaler, probe, folder, log, step, signals)
 
 
-def train(args):
-    """Train `args.problem` in this process (one of W under DDP): a new run folder, or the resumed one. The run is
+def train(args, auto=False):
+    """Train `args.problem` in this process (one of W under DDP): a new run folder, or the resumed one (`auto`: a
+    --resume auto launch that found none to continue, so makes one under its name's lock). The run is
     finished once its last evaluation and save are done (runlog.DONE); `--resume` of a run stopped before that,
     in its last step, evaluation or save, finishes it in its own folder. Returns (run folder, final metrics);
     raises Failure when the run stops early: a stop signal, a non-finite step, a failed write."""
     with StopFlag() as signals:  # the run's signal handlers, and the caller's again after it
         run = None
         try:
-            run = open_run(args, signals)
+            run = open_run(args, signals, auto)
             resumed_at_end = run.step >= run.total and bool(args.resume)
             run.model.train()
             with run.progress:
@@ -488,13 +491,14 @@ def dry_run(args, sources):
 
 def main(argv=None):
     try:
-        sources = {}
-        resumed = runlog.resumed_run(run_flags(argv))  # locks the run folder that --resume names, then reads it
+        sources, run = {}, run_flags(argv)
+        resumed = runlog.resumed_run(run)  # locks the run folder that --resume names, then reads it
         args = parse_args(argv, PROBLEMS, resumed, sources)
         check_launch(args)
         if args.dry_run:
             return dry_run(args, sources)
-        return dist.launch(train, args)
+        auto = args.resume is None and run.resume == "auto"  # found no run to continue: makes one
+        return dist.launch(functools.partial(train, auto=auto), args)
     except Failure as e:  # a UserError (exit 2), a failed run (1) or a stop signal (128 + its number)
         if str(e):
             print(f"train.py: error: {e}", file=sys.stderr)

@@ -227,3 +227,27 @@ def test_a_full_disk_while_the_run_writes_its_folder_is_one_line(tmp_path, capsy
     assert stop.value.code == 1 and len(lines) == 1, lines
     name = where.split()[-1] if where != "train.lock" else "train.lock"
     assert lines[0].startswith("train.py: error: no space left on device while writing ") and name in lines[0]
+
+
+def blocked_on(path):
+    """The number of processes waiting for a POSIX lock on `path` (Linux: /proc/locks marks them '->')."""
+    inode = os.stat(path).st_ino
+    return sum(1 for line in open("/proc/locks") if "->" in line and line.split()[-3].endswith(f":{inode}"))
+
+
+@pytest.mark.slow
+def test_two_first_launches_of_one_name_at_the_same_moment_make_one_run(tmp_path):
+    from utils import runlog
+    flags = TINY + ["--iters", "3", "--eval_freq", "-1", "--root", str(tmp_path), "--resume", "auto", "--name", "job"]
+    with runlog.name_lock(str(tmp_path), "job"):  # both launches look, find nothing, and wait here to make the run
+        procs = [start_train(flags) for _ in range(2)]
+        lock = os.path.join(tmp_path, "locks", "job.lock")
+        while blocked_on(lock) < 2:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.05)
+    results = [p.communicate(timeout=HANG) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    stopped = next(err for p, (_, err) in zip(procs, results) if p.returncode == 2)
+    assert "another --resume auto --name job launch started" in stopped and "this one stops" in stopped
+    assert len(list((tmp_path / "runs").iterdir())) == 1

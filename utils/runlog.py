@@ -1,4 +1,5 @@
 """exman run folders: params.yaml, log.txt, logs.csv. Only the main process ever calls these."""
+import contextlib
 import csv
 import datetime
 import errno
@@ -21,8 +22,18 @@ LOGS_CSV = "logs.csv"
 PARAMS_FILE = "params.yaml"  # exman's name for a run's flags (exman.parser.PARAMS_FILE)
 
 
-def create_run_folder(args):
-    """A new numbered folder under <root>/runs (or <root>/tmp), indexed so that exman.Index(root).info() lists it."""
+def create_run_folder(args, auto=False):
+    """A new numbered folder under <root>/runs (or <root>/tmp), indexed so that exman.Index(root).info() lists it,
+    and held by this process (`hold`). `auto` (a --resume auto launch that found no run to continue): under a lock on
+    the run's name, so that launches of one name at the same moment make one run: a launch that finds a run of its name
+    already held by a live process (made since it looked) stops in one line."""
+    if auto:
+        with name_lock(args.root, args.name):
+            live = live_run(args.root, args.name, args.problem)
+            if live:
+                raise UserError(f"another --resume auto --name {args.name} launch started {live} at the same moment: "
+                                f"that one trains the run, this one stops")
+            return create_run_folder(args)
     # exman imports GitPython, which refuses to import where no git program is installed; no git feature is used here
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     from exman.parser import ExmanDirectory, TIME_FORMAT  # imported here: pandas and git cost a start-up 0.4 s
@@ -39,6 +50,47 @@ def create_run_folder(args):
         raise UserError(f"cannot make a run folder under --root {args.root}: {e.strerror or e}")
     hold(folder.absroot)
     return str(folder.absroot)
+
+
+@contextlib.contextmanager
+def name_lock(root, name):
+    """An exclusive POSIX lock on <root>/locks/<name>.lock inside the block, waited for: one launch at a time looks for
+    and makes the run of a name."""
+    folder = os.path.join(root, "locks")
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, f"{name or '_'}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def live_run(root, name, problem):
+    """A run folder of this name and problem whose train.lock a live process holds, or None."""
+    for kind in ("runs", "tmp"):
+        where = os.path.join(root, kind)
+        for folder in sorted(os.listdir(where), reverse=True) if os.path.isdir(where) else []:
+            folder = os.path.join(where, folder)
+            params = run_params(folder)
+            if params and params.get("name") == name and params.get("problem") == problem and held_elsewhere(folder):
+                return folder
+    return None
+
+
+def held_elsewhere(folder):
+    """True when another process holds `folder`'s train.lock."""
+    path = os.path.join(folder, LOCK)
+    if os.path.abspath(folder) in _held or not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False  # (closing the descriptor drops the lock at once)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 LOCK = "train.lock"
