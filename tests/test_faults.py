@@ -220,7 +220,7 @@ def test_a_full_disk_while_the_run_writes_its_folder_is_one_line(tmp_path, capsy
     flags = TINY + ["--iters", "2", "--eval_freq", "0", "--knn_k", "20", "--root", str(tmp_path)]
     if where == "label_subset.txt":
         flags = ["--problem", "eval", "--encoder_ckpt", "pixels", "--subset", "512", "--label_fraction", "0.1",
-                 "--iters", "2", "--test_subset", "1000", "--root", str(tmp_path)]
+                 "--batch_size", "32", "--iters", "2", "--test_subset", "1000", "--root", str(tmp_path)]
     with pytest.raises(SystemExit) as stop:
         train.main(flags)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "%|" not in line]
