@@ -118,6 +118,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_one_line_and_an_older_layout_resumes_w
     assert "its saved flags name no problem" in refused_line(["--resume", folder], capsys)
 
 
+@pytest.mark.slow
 def test_resume_auto_finds_a_scratch_run_and_a_run_whose_params_yaml_was_lost(tmp_path, capsys):
     base = TINY + ["--eval_freq", "-1", "--root", str(tmp_path), "--resume", "auto", "--name", "job", "--iters", "4"]
     first = train_cli(base[:-1] + ["2", "--tmp", "true"])

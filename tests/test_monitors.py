@@ -66,6 +66,7 @@ def test_online_probe_learns_separable_features():
     assert float(probe.seen) == 2
 
 
+@pytest.mark.slow
 def test_the_online_probe_leaves_the_encoders_steps_bit_identical(tmp_path, fmnist):
     flags = TINY + ["--problem", "simclr", "--iters", "20", "--log_freq", "5", "--eval_freq", "-1"]
     with_probe, _ = train.main(flags + ["--root", str(tmp_path / "on")])

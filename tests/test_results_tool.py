@@ -71,6 +71,7 @@ def test_every_method_gets_its_rows_curves_and_saved_steps(everything):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing_again_and_writes_the_same_tables(everything, monkeypatch, capsys):
     tmp_path, ran, rows, doc = everything
     before = doc.read_text()
@@ -99,6 +100,7 @@ def test_the_time_column_says_how_many_seeds_pretrained_under_bf16():
     assert "| 2.0 | 100 |" in row[False, False]
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std_and_one_method_redone_keeps_the_other_rows(everything, monkeypatch):
     tmp_path, ran, rows, doc = everything
     calls = []
