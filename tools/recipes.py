@@ -12,6 +12,7 @@ import os
 
 import math
 
+import numpy as np
 import torch.nn as nn
 
 import train
@@ -248,6 +249,8 @@ def npid_vissl(source, extra):
         ("embedding_dim", 128, "128", "MODEL.HEAD.PARAMS mlp [2048, 128]", ""),
         ("head_hidden_dims", [], "none: one Linear", "MODEL.HEAD.PARAMS", ""),
         ("loss_type", "nce", "nce_loss_with_memory", "LOSS.name", ""),
+        ("nce_eps", float(np.finfo(np.float32).eps), "float32 machine epsilon, 1.1920929e-07 (lemniscate.pytorch: 1e-7)",
+         "vissl/losses/nce_loss.py:457", ""),
         ("min_scale_crops", [0.08], "RandomResizedCrop 224, default scale", "DATA.TRAIN.TRANSFORMS", ""),
         ("color_jitter", [0.4, 0.4, 0.4, 0.4], "ColorJitter 0.4, 0.4, 0.4, 0.4", "DATA.TRAIN.TRANSFORMS",
          "after the crop here, before it there"),
@@ -318,7 +321,13 @@ def simclr_vissl_code(multicrop):
     return rows
 
 
-def simclr_pytorch_code():
+def simclr_pytorch_steps(args):
+    """simclr-pytorch's epoch: ceil(N / W) images a GPU (DistributedSampler pads), full batches of batch / W."""
+    theirs = {math.ceil(IMAGENET / w) // (args.batch_size // w) for w in (4, 8, 16, 32, 64)}
+    return theirs == {steps_per_epoch(IMAGENET, args.batch_size)}
+
+
+def simclr_pytorch_code(batch):
     return [
         ("initialisation", "torchvision's (kaiming_normal fan_out convolutions, PyTorch's Linear default)",
          "torchvision's: reset_parameters() runs before the encoder is attached (self.model), so it reaches no layer",
@@ -330,6 +339,12 @@ def simclr_pytorch_code():
          "GaussianBlur(224 // 10) after ToTensor: radius 11, a 23 px kernel, Conv2d zero padding",
          "models/ssl.py:265; utils/datautils.py:43-59", ""),
         ("when the lr changes", "every step", "scheduler.step() after every optimiser step", "train.py:220", ""),
+        ("steps per epoch", f"{IMAGENET // batch} (every batch full)",
+         "DistributedSampler pads each GPU's share to ceil(N / W); MultiplyBatchSampler drop_last=True: the same "
+         "count on 4 to 64 GPUs", "models/ssl.py:216, 230", "", simclr_pytorch_steps),
+        ("loss", "NT-Xent over the global batch: each crop against every other crop on every GPU",
+         "NTXent: every rank computes the whole global loss through diffdist's all_gather; the gradients the same",
+         "models/losses.py:52-85", ""),
         ("data order", "a new permutation every epoch", "DistributedSampler.set_epoch(step) at every step "
          "(SSLTrainer.train_step), so each epoch's iterator draws a new permutation", "models/ssl.py:200-204; "
          "train.py:173", ""),
@@ -362,17 +377,24 @@ def swav_code(per_epoch, script, dcv2=False):
     ]
     if dcv2:
         rows += [
-            ("memory bank", "one pass of the initial network (training mode) over epoch 0's crops, then each "
-             "step's embeddings", "init_memory, then local_memory_embeddings written after each step",
-             "main_deepclusterv2.py:317-342, 289-292", ""),
+            ("memory bank", "one pass of the initial network (training mode, a forward per crop) over epoch 0's "
+             "crops, then each step's embeddings", "init_memory (a forward per crop), then local_memory_embeddings "
+             "written after each step", "main_deepclusterv2.py:317-342, 289-292", ""),
+            ("the first pass's crops", "the very crops epoch 0 then trains on (a crop is a function of the seed, the "
+             "epoch and the image)", "fresh draws: the loader's transforms are random at every pass",
+             "main_deepclusterv2.py:201, 317-332", "the same crops twice here, two draws there"),
             ("k-means", "start: K rows of rank 0's bank; 10 rounds; head h clusters bank h mod 2; an empty cluster "
              "keeps its centroid", "the same", "main_deepclusterv2.py:345-411", ""),
-            ("prototypes", "the centroids, never trained", "freeze_prototypes_niters default 1e10",
-             "main_deepclusterv2.py:76", ""),
+            ("prototypes", "the centroids, never trained", "--freeze_prototypes_niters 300000 in the script, past "
+             "the run's 124,800 steps (the parser's default: 1e10)", f"scripts/{script}; main_deepclusterv2.py:76", ""),
             ("images in no bank", "left out of the loss (ignore_index -100)", "the same", "main_deepclusterv2.py:249", ""),
         ]
     else:
         rows += [
+            ("prototype scores under --amp", "float32: the prototypes' matmul runs outside autocast, on the float32 "
+             "embeddings (and the queue's)", "float16: Apex O1 runs every matmul in half precision, so Sinkhorn's "
+             "exp(scores / 0.05) and the loss's log-softmax start from scores rounded to 11 bits",
+             "main_swav.py:298-313; src/resnet50.py:305", "scores in float32 here"),
             ("prototypes", "normalised before every step; no update for freeze_prototypes_niters steps",
              "the same (their gradients set to None)", "main_swav.py:279-281, 325-328", ""),
             ("queue", "joins Sinkhorn once full; this step's embeddings enter it after the codes are computed",
@@ -416,15 +438,15 @@ RECIPES = [
     dict(config="configs/imagenet_simclr_bs512_ep100.yaml",
          source=f"{SIMCLR_PT}, configs/imagenet_train_epochs100_bs512.yaml", published="60.14% top-1 (README)",
          probe="configs/imagenet_eval_simclr_pytorch.yaml",
-         rows=simclr_pytorch(512, 250200, 0.6, "configs/imagenet_train_epochs100_bs512.yaml"), code=simclr_pytorch_code()),
+         rows=simclr_pytorch(512, 250200, 0.6, "configs/imagenet_train_epochs100_bs512.yaml"), code=simclr_pytorch_code(512)),
     dict(config="configs/imagenet_simclr_bs2048_ep200.yaml",
          source=f"{SIMCLR_PT}, configs/imagenet_train_epochs200_bs2k.yaml", published="65.58% top-1 (README)",
          probe="configs/imagenet_eval_simclr_pytorch.yaml",
-         rows=simclr_pytorch(2048, 125100, 2.4, "configs/imagenet_train_epochs200_bs2k.yaml"), code=simclr_pytorch_code()),
+         rows=simclr_pytorch(2048, 125100, 2.4, "configs/imagenet_train_epochs200_bs2k.yaml"), code=simclr_pytorch_code(2048)),
     dict(config="configs/imagenet_simclr_bs2048_ep600.yaml",
          source=f"{SIMCLR_PT}, configs/imagenet_train_epochs600_bs2k.yaml", published="67.84% top-1 (README)",
          probe="configs/imagenet_eval_simclr_pytorch.yaml",
-         rows=simclr_pytorch(2048, 375300, 2.4, "configs/imagenet_train_epochs600_bs2k.yaml"), code=simclr_pytorch_code()),
+         rows=simclr_pytorch(2048, 375300, 2.4, "configs/imagenet_train_epochs600_bs2k.yaml"), code=simclr_pytorch_code(2048)),
     dict(config="configs/imagenet_swav_bs4096_ep400.yaml", source=f"{SWAV}, scripts/swav_400ep_pretrain.sh",
          published="74.6% top-1 (README)", probe="configs/imagenet_eval.yaml", rows=SWAV_400,
          code=swav_code(312, "swav_400ep_pretrain.sh")),
@@ -618,6 +640,13 @@ DECODE = ("JPEG decode", "in full (--draft_decode false)", "in full: PIL's Image
           "the source's dataset loader", "", lambda args: not args.draft_decode)
 for _recipe in RECIPES + PROBES[:-1]:  # (the fine-tuning table lists draft_decode among its values)
     _recipe["code"].append(DECODE)
+COLOUR = ("colour arithmetic", "float32 on the training device: no rounding between the jitter's ops, contrast "
+          "around the grey image's exact mean, hue turned in float HSV", "torchvision's ColorJitter on PIL images: "
+          "every op rounds to 8 bits, contrast around the grey mean rounded to an integer, hue turned in 8-bit HSV",
+          "torchvision/transforms/functional_pil.py, adjust_brightness / contrast / saturation / hue",
+          "no 8-bit rounding between the ops here")
+for _recipe in RECIPES:
+    _recipe["code"].append(COLOUR)
 
 
 def effective(config):
