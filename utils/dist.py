@@ -109,10 +109,10 @@ def launch(fn, args):
     # a rank killed mid-run leaves its semaphores to multiprocessing's resource tracker (started with the first one, the
     # results queue's), whose warnings would follow the launcher's one line
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [warnings, "ignore::UserWarning:multiprocessing.resource_tracker"]))
-    results = mp.get_context("spawn").SimpleQueue()
+    results, lost = mp.get_context("spawn").SimpleQueue(), mp.get_context("spawn").SimpleQueue()
     try:
         logger.setLevel(logging.ERROR)  # this launcher says why it stopped the processes
-        ctx = mp.start_processes(_worker, args=(fn, args, nprocs, results), nprocs=nprocs, join=False,
+        ctx = mp.start_processes(_worker, args=(fn, args, nprocs, results, lost), nprocs=nprocs, join=False,
                                  start_method="spawn")
         # Ctrl-C reaches the workers from the terminal and they stop together; SIGTERM sent to this launcher is passed on
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,10 +121,17 @@ def launch(fn, args):
             pass
         return results.get() if not results.empty() else None
     except mp.ProcessExitedException as e:
-        failed = args.node_rank * nprocs + e.error_index
-        how = f"signal {e.signal_name}" if e.exit_code < 0 else f"exit code {e.exit_code}"
-        code = e.exit_code if e.exit_code > 0 else 1
-        if code in (2, LOST_GROUP, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # the process said why
+        index, exit_code = e.error_index, e.exit_code
+        if exit_code == LOST_GROUP:  # the group broke: one line for the node
+            line = "" if lost.empty() else lost.get()
+            died = [(i, p.exitcode) for i, p in enumerate(ctx.processes) if (p.exitcode or 0) < 0]
+            if not died or re.search(r"timed? ?out", line, re.I):  # a rank elsewhere, or one that hung (and was killed)
+                raise Failure(line, LOST_GROUP) from None
+            index, exit_code = died[0]  # a process of this node died: that is why
+        failed = args.node_rank * nprocs + index
+        how = f"signal {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit code {exit_code}"
+        code = exit_code if exit_code > 0 else 1
+        if code in (2, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # the process said why
             raise Failure(code=code) from None
         raise Failure(f"rank {failed} failed ({how}); the other processes of node {args.node_rank} were stopped",
                       code) from None
@@ -137,6 +144,7 @@ def launch(fn, args):
             signal.signal(sig, handler)
         logger.setLevel(level)
         results.close()
+        lost.close()
         if warnings is None:
             os.environ.pop("PYTHONWARNINGS", None)
         else:
@@ -172,9 +180,11 @@ def port_in_use(where):
     return f"{where}: the port is in use on this machine (another run, or another program): choose a free one"
 
 
-def _worker(local_rank, fn, args, nprocs, results):
+def _worker(local_rank, fn, args, nprocs, results, lost):
     """A spawned process: fn(args) as rank node_rank x nprocs + local_rank; local rank 0 sends back what fn returns.
-    The process's entry point, so the one place below main() that turns a Failure into an exit code."""
+    The process's entry point, so the one place below main() that turns a Failure into an exit code. A rank that
+    loses the process group sends its line to the launcher (`lost`), which says it once, or names the process of
+    this node that died instead, if one did."""
     rank = args.node_rank * nprocs + local_rank
     try:
         args = _setup(args, rank, args.world_size * nprocs, local_rank, nprocs, f"tcp://{args.dist_address}")
@@ -189,8 +199,7 @@ def _worker(local_rank, fn, args, nprocs, results):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not isinstance(e, dist.DistBackendError) and not re.search(r"gloo|nccl|connection|timed? ?out", first, re.I):
             raise
-        print(f"train.py: error: rank {rank} lost the process group (another rank died or hangs): {first[:300]}",
-              file=sys.stderr)
+        lost.put(f"rank {rank} lost the process group (another rank died or hangs): {first[:300]}")
         sys.exit(LOST_GROUP)
     finally:
         if is_on():
