@@ -89,6 +89,11 @@ def launch(fn, args):
         args = _setup(args, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local, procs_per_node(args), "env://")
         try:
             return fn(args)
+        except RuntimeError as e:
+            line = lost_group(e, int(os.environ["RANK"]))
+            if line is None:
+                raise
+            raise Failure(line, LOST_GROUP) from None
         finally:
             shutdown()
     if args.dist == "none":
@@ -195,15 +200,23 @@ def _worker(local_rank, fn, args, nprocs, results, lost):
         if str(e) and (local_rank == 0 or not isinstance(e, UserError)):  # a user's mistake: once per node
             print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(e.code)
-    except RuntimeError as e:  # gloo and NCCL report a dead or hung peer as a RuntimeError (DistBackendError)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not isinstance(e, dist.DistBackendError) and not re.search(r"gloo|nccl|connection|timed? ?out", first, re.I):
+    except RuntimeError as e:
+        line = lost_group(e, rank)
+        if line is None:
             raise
-        lost.put(f"rank {rank} lost the process group (another rank died or hangs): {first[:300]}")
+        lost.put(line)
         sys.exit(LOST_GROUP)
     finally:
         if is_on():
             shutdown()
+
+
+def lost_group(e, rank):
+    """The one line for a RuntimeError by which gloo or NCCL report a dead or hung peer (DistBackendError), else None."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if not isinstance(e, dist.DistBackendError) and not re.search(r"gloo|nccl|connection|timed? ?out", first, re.I):
+        return None
+    return f"rank {rank} lost the process group (another rank died or hangs): {first[:300]}"
 
 
 def shutdown():
