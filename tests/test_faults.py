@@ -150,6 +150,23 @@ def test_a_file_name_that_is_not_utf8_is_listed_and_the_run_goes_on(tmp_path):
     assert b"broken-\xe9.jpg" in listed  # the bytes the OS gave, as --skip_images reads them back
 
 
+def test_a_file_size_limit_the_os_enforces_stops_the_checkpoint_write_in_one_line(tmp_path):
+    """RLIMIT_FSIZE (`ulimit -f`, a quota or a full disk as the OS raises it: EFBIG) below the checkpoint's size."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300 * 1024, 300 * 1024))  # Python ignores SIGXFSZ: writes raise
+
+    result = train_cli(TINY + ["--problem", "simclr", "--iters", "4", "--save_freq", "2", "--eval_freq", "-1",
+                               "--root", str(tmp_path / "logs")], preexec_fn=limit)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: file too large while writing ") and "checkpoint.pth.tar" in last, last
+    assert "Traceback" not in result.stderr
+    folder = only_run(tmp_path / "logs")
+    assert not [name for name in os.listdir(folder) if "checkpoint" in name or name.endswith(".tmp")]  # nothing torn
+
+
 def test_the_continue_command_is_shell_quoted(tmp_path):
     root = tmp_path / "my runs"
     folder, _ = train.main(TINY + ["--iters", "1", "--eval_freq", "-1", "--root", str(root)])
