@@ -164,7 +164,28 @@ def test_a_file_size_limit_the_os_enforces_stops_the_checkpoint_write_in_one_lin
     assert last.startswith("train.py: error: file too large while writing ") and "checkpoint.pth.tar" in last, last
     assert "Traceback" not in result.stderr
     folder = only_run(tmp_path / "logs")
-    assert not [name for name in os.listdir(folder) if "checkpoint" in name or name.endswith(".tmp")]  # nothing torn
+    assert not [name for name in os.listdir(folder) if "checkpoint" in name or checkpoint.TMP in name]  # nothing torn
+
+
+def test_a_disk_that_fills_mid_run_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """A 4 MB tmpfs: the first checkpoint (2.4 MB) fits, the second's temporary file beside it does not (ENOSPC)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("no tmpfs can be mounted here (mount needs root and CAP_SYS_ADMIN)")
+    try:
+        result = train_cli(TINY + ["--problem", "simclr", "--iters", "6", "--save_freq", "2", "--log_freq", "1",
+                                   "--eval_freq", "-1", "--root", str(disk)])
+        assert result.returncode == 1, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("train.py: error: no space left on device while writing ") and last.endswith(
+            "checkpoint.pth.tar; the checkpoint of step 2 is intact"), last
+        assert "Traceback" not in result.stderr
+        folder = only_run(disk)
+        ckpt = checkpoint.verified(checkpoint.load(folder / "checkpoint.pth.tar"), folder)
+        assert ckpt["step"] == 2 and [n for n in os.listdir(folder) if checkpoint.TMP in n] == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_the_continue_command_is_shell_quoted(tmp_path):
