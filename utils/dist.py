@@ -134,7 +134,7 @@ def launch(fn, args):
                 raise Failure(line, LOST_GROUP) from None
             index, exit_code = died[0]  # a process of this node died: that is why
         failed = args.node_rank * nprocs + index
-        how = f"signal {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit code {exit_code}"
+        how = f"signal {_signal_name(-exit_code)}" if exit_code < 0 else f"exit code {exit_code}"
         code = exit_code if exit_code > 0 else 1
         if code in (2, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # the process said why
             raise Failure(code=code) from None
@@ -154,6 +154,13 @@ def launch(fn, args):
             os.environ.pop("PYTHONWARNINGS", None)
         else:
             os.environ["PYTHONWARNINGS"] = warnings
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def check_host(address):
