@@ -245,7 +245,7 @@ def restore(path, model, optimizer, scaler, probe=None):
     (SwAV's queue, DeepCluster-v2's banks) is rebuilt by the model; so, with a warning, for a file of an older layout
     that lacks them, or its optimiser's or gradient scaler's state. A file whose contents fail their checksum is
     refused in one line."""
-    ckpt = verified(load(path), path)
+    ckpt = verified(load(path, mmap=True), path)  # mapped: ranks on a node share the pages of every rank's state
     check_shapes(ckpt, model, path)
     model.load_state_dict(ckpt["model"])
     saved_opt = ckpt["args"].get("opt")
