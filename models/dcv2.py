@@ -15,6 +15,11 @@ from utils.errors import UserError
 NO_ASSIGNMENT = -100  # cross_entropy's ignore_index: an image not in any bank yet
 
 
+def bank_slots(args, images, procs):
+    """A rank's bank rows: one for each image it sees in an epoch of full batches."""
+    return steps_per_epoch(images, args.batch_size) * (args.batch_size // procs)
+
+
 class DeepClusterV2(Pretrain):
     @staticmethod
     def add_args(p):
@@ -38,7 +43,7 @@ class DeepClusterV2(Pretrain):
         # per-rank bank: one slot per image this rank sees in an epoch, overwritten batch by batch
         self.local_batch = args.batch_size // dist.world_size()
         self.steps_per_epoch = steps_per_epoch(len(train), args.batch_size)
-        slots = self.steps_per_epoch * self.local_batch
+        slots = bank_slots(args, len(train), dist.world_size())
         if max(args.num_clusters) > slots:
             raise UserError(f"--num_clusters {max(args.num_clusters)} exceeds the {slots} images of a rank's memory bank")
         self.bank = torch.zeros(len(args.crops_for_mb), slots, args.embedding_dim, device=device)
@@ -49,7 +54,7 @@ class DeepClusterV2(Pretrain):
 
     @staticmethod
     def state_bytes(args, images, procs):
-        slots = steps_per_epoch(images, args.batch_size) * (args.batch_size // procs)
+        slots = bank_slots(args, images, procs)
         return [(f"DeepCluster-v2's banks, {len(args.crops_for_mb)} x {slots} x {args.embedding_dim} float32 per rank "
                  f"(an epoch of its images)", 4 * len(args.crops_for_mb) * slots * args.embedding_dim + 8 * slots,
                  "--crops_for_mb"),

@@ -61,6 +61,11 @@ def swav_loss(scores, num_crops, crops_for_assign, temperature=0.1, epsilon=0.05
     return total / len(crops_for_assign), codes
 
 
+def queue_rows(args, procs):
+    """A rank's queue length: --queue_length rounded down to a multiple of the global batch, split over the ranks."""
+    return (args.queue_length - args.queue_length % args.batch_size) // procs
+
+
 class SwAV(Pretrain):
     @staticmethod
     def add_args(p):
@@ -90,15 +95,14 @@ class SwAV(Pretrain):
         super().__init__(args, train, device)
         self.check_crops("crops_for_assign", args.crops_for_assign)
         self.prototypes = prototype_layers(args.embedding_dim, args.num_prototypes)
-        # per-rank queue: queue_length rounded down to a multiple of the global batch, split over the ranks
-        per_rank = (args.queue_length - args.queue_length % args.batch_size) // dist.world_size()
-        self.queue = torch.zeros(len(args.crops_for_assign), per_rank, args.embedding_dim, device=device)
+        self.queue = torch.zeros(len(args.crops_for_assign), queue_rows(args, dist.world_size()), args.embedding_dim,
+                                 device=device)
         self.queue_filled = 0  # rows written; the queue joins Sinkhorn once they reach its length
         self.queue_on = False
 
     @staticmethod
     def state_bytes(args, images, procs):
-        rows = (args.queue_length - args.queue_length % args.batch_size) // procs
+        rows = queue_rows(args, procs)
         if not rows:
             return []
         return [(f"SwAV's queue, {len(args.crops_for_assign)} x {rows} x {args.embedding_dim} float32 per rank",
