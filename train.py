@@ -29,7 +29,7 @@ from utils.config import parse_args, run_flags
 from utils.errors import Failure, UserError
 from utils.optim import lr_at
 from utils.runlog import RunLog, create_run_folder
-from utils.stops import StopFlag, Stopped, Stops
+from utils.stops import StopFlag, Stopped, Stops, write_failed
 
 METHODS = {"simclr": SimCLR, "swav": SwAV, "npid": NPID, "dcv2": DeepClusterV2}  # pretraining
 EVALUATIONS = {"eval": LinearEval, "finetune": FineTune}  # of a trained encoder, on labelled images
@@ -411,9 +411,7 @@ def train(args, auto=False):
         except OSError as e:  # a full or failing disk while the run writes its folder
             if e.filename is None:
                 raise
-            if run is None:
-                raise Failure(f"{(e.strerror or str(e)).lower()} while writing {e.filename}; no checkpoint was written")
-            raise run.stops.write_failed(e) from None
+            raise (run.stops.write_failed(e) if run is not None else write_failed(e)) from None
         except (RuntimeError, MemoryError) as e:  # out of memory, or a loader worker killed (the OOM killer, say)
             why = out_of_memory(e, args) or dead_worker(e)
             if why is None:

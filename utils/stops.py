@@ -112,9 +112,18 @@ class Stops:
 
     def write_failed(self, e):
         """The Failure of a full or failing disk (an OSError naming the file): the last checkpoint is as it was."""
-        return Failure(f"{(e.strerror or str(e)).lower()} while writing {e.filename}; {self.last_checkpoint()}")
+        return write_failed(e, self.saved_step)
 
     def last_checkpoint(self):
-        if self.saved_step is None:
-            return "no checkpoint was written"
-        return f"the checkpoint of step {self.saved_step} is intact"
+        return last_checkpoint(self.saved_step)
+
+
+def last_checkpoint(saved_step):
+    if saved_step is None:
+        return "no checkpoint was written"
+    return f"the checkpoint of step {saved_step} is intact"
+
+
+def write_failed(e, saved_step=None):
+    """The Failure of a full or failing disk (an OSError naming the file); `saved_step`: the newest intact checkpoint's."""
+    return Failure(f"{(e.strerror or str(e)).lower()} while writing {e.filename}; {last_checkpoint(saved_step)}")
