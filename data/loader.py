@@ -64,6 +64,25 @@ def dead_worker(error):
     return found.group(0) if found else None
 
 
+def received(loader):
+    """The batches of `loader`. A worker that dies while it hands a batch over (the descriptor of the batch's shared
+    memory lost half-way: EOFError or a reset connection, where PyTorch's own check has not yet seen the death) is
+    reported as PyTorch reports a dead worker (`dead_worker` reads both)."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (EOFError, ConnectionError) as e:
+            dead = [w.pid for w in getattr(batches, "_workers", []) if not w.is_alive()]
+            if not dead:
+                raise
+            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly while "
+                               f"handing over a batch") from e
+        yield batch
+
+
 @contextlib.contextmanager
 def one_thread():
     """torch's intra-op parallelism off inside the block, as it was after it."""
@@ -381,7 +400,7 @@ class TrainBatches:
                 num_workers=self.workers, persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers else None,
                 pin_memory=str(self.device).startswith("cuda"), worker_init_fn=ignore_stop_signals)
         self.keys.batches = [[(int(i), epoch) for i in idx] for idx in batches]
-        for batch in self.loader:
+        for batch in received(self.loader):
             if self.decode == "device":
                 data, sizes, boxes, labels, idx, unreadable = batch
                 crops, failed = decode_and_crop(list(data.split(sizes.tolist())), boxes, self.crops, self.device)

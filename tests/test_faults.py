@@ -63,6 +63,35 @@ def test_a_loader_worker_killed_alone_is_one_line_naming_the_intact_checkpoint(t
     assert "DataLoader worker" in lines[0] and ("no checkpoint was written" in lines[0] or "is intact" in lines[0])
 
 
+def test_a_worker_that_dies_while_handing_over_a_batch_is_named_as_a_dead_worker():
+    """The race the test above meets now and then: the worker dies after its batch is announced, before the batch's
+    shared memory is received (EOFError from multiprocessing), where PyTorch's own check has not yet seen it."""
+    from data.loader import dead_worker, received
+
+    class Worker:
+        def __init__(self, pid, alive):
+            self.pid, self.alive = pid, alive
+
+        def is_alive(self):
+            return self.alive
+
+    class Loader:
+        def __init__(self, workers):
+            self._workers = workers
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            raise EOFError
+
+    with pytest.raises(RuntimeError) as died:
+        next(received(Loader([Worker(11, True), Worker(12, False)])))
+    assert dead_worker(died.value) == "DataLoader worker (pid(s) 12) exited unexpectedly while handing over a batch"
+    with pytest.raises(EOFError):  # every worker alive: not a death, the error as it was
+        next(received(Loader([Worker(11, True)])))
+
+
 def test_ctrl_c_while_waiting_for_a_held_run_is_one_line(tmp_path):
     from test_bad_data import holder
     folder, _ = train.main(TINY + ["--iters", "1", "--eval_freq", "-1", "--root", str(tmp_path)])
